@@ -1,0 +1,129 @@
+"""`looper`: one command line over the project's library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
+
+
+def read_token(token_file: str | None) -> str | None:
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise SystemExit(f"looper: token file {token_file} does not exist")
+        return path.read_text().strip() or None
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def service_settings(args: argparse.Namespace):
+    """ServiceSettings from flags and the environment; a clear message instead of a traceback."""
+    import yaml
+    from pydantic import ValidationError
+
+    from reward_service.settings import ServiceSettings
+
+    fields = {
+        "require_auth": not args.insecure_no_auth,
+        "token": None if args.insecure_no_auth else read_token(args.token_file),
+        "stub": args.stub,
+        "path_mode": args.path_mode,
+        "embedding_model": args.embedding_model,
+        "embedding_device": args.embedding_device,
+        "max_body_bytes": args.max_body_bytes,
+        "max_group_size": args.max_group_size,
+    }
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise SystemExit(f"looper: weights file {args.weights} does not exist")
+        fields["weights"] = yaml.safe_load(path.read_text()) or {}
+    try:
+        return ServiceSettings(**fields)
+    except ValidationError as exc:
+        messages = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"looper serve: {messages}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from reward_service.app import create_app
+
+    settings = service_settings(args)
+    if not settings.require_auth:
+        logging.getLogger("looper").warning("serving WITHOUT authentication (--insecure-no-auth)")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from shared_schemas import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {len(json_schemas())} JSON Schemas to {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from looper.demo import run_demo
+
+    run_demo(stub=args.stub, port=args.port)
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--stub", action="store_true", help="public stub scorer: correctness only, generic arms")
+    p.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token")
+    p.add_argument("--token-file", help=f"file holding the bearer token (default: ${TOKEN_ENV})")
+    p.add_argument("--path-mode", choices=["lexical", "embedding"], default="lexical")
+    p.add_argument("--embedding-model", help="sentence-transformers dir or hub id (default: installed MiniLM)")
+    p.add_argument("--embedding-device", default="cpu")
+    p.add_argument("--weights", help="YAML/JSON file overriding scoring weights")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument("--max-group-size", type=int, default=64)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="looper", description="Regime W reward service and training clients.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the reward service")
+    add_serve_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    schema = sub.add_parser("schema", help="export the JSON Schemas of the shared contract")
+    schema.add_argument("--out", default="schemas")
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="start the service on 127.0.0.1, score a sample group, stop it")
+    demo.add_argument("--stub", action="store_true")
+    demo.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

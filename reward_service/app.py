@@ -1,0 +1,259 @@
+"""The reward service's HTTP layer: thin routes over a scorer (Regime W, or the public stub)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from reward_service.scorer import Scorer, ScoringError
+from reward_service.settings import ServiceSettings
+from shared_schemas.models import (
+    ArmSet,
+    BatchScoreRequest,
+    BatchScoreResponse,
+    ErrorResponse,
+    PromptsRequest,
+    PromptsResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+log = logging.getLogger("looper.service")
+
+_ERRORS = {
+    401: {"model": ErrorResponse, "description": "Missing bearer token"},
+    403: {"model": ErrorResponse, "description": "Wrong bearer token"},
+    413: {"model": ErrorResponse, "description": "Body larger than the service's limit"},
+    422: {"model": ErrorResponse, "description": "Invalid request, or over a size limit"},
+    503: {"model": ErrorResponse, "description": "Scorer still loading"},
+}
+
+
+def build_scorer(settings: ServiceSettings) -> Scorer:
+    if settings.stub:
+        from reward_service.stub import StubScorer
+
+        return StubScorer(settings)
+    from reward_service.regime_w import RegimeWScorer
+
+    return RegimeWScorer(settings)
+
+
+class Metrics:
+    def __init__(self, scorer: Scorer):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "looper_http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "looper_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.groups = Counter("looper_groups_scored_total", "Question groups scored", registry=self.registry)
+        self.trajectories = Counter("looper_trajectories_scored_total", "Trajectories scored", registry=self.registry)
+        info = Gauge("looper_scorer_info", "Scorer in use", ["scorer_version", "path_mode"], registry=self.registry)
+        info.labels(scorer.version, scorer.path_mode).set(1)
+
+
+class MetricsMiddleware:
+    """Counts and times every request; routes outside the API share one label (bounded cardinality)."""
+
+    def __init__(self, app, metrics: Metrics, routes: set[str]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+
+
+class BodySizeLimit:
+    """Reads the body before the app does and answers 413 past the limit, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
+    if len(groups) > settings.max_batch_groups:
+        raise HTTPException(422, f"{len(groups)} groups in one batch; the limit is {settings.max_batch_groups}")
+    for group in groups:
+        if len(group.trajectories) > settings.max_group_size:
+            raise HTTPException(
+                422,
+                f"question {group.question_id!r}: {len(group.trajectories)} trajectories; "
+                f"the limit is {settings.max_group_size}",
+            )
+        for k, trajectory in enumerate(group.trajectories):
+            if len(trajectory.text) > settings.max_text_chars:
+                raise HTTPException(
+                    422,
+                    f"question {group.question_id!r}, trajectory {k}: {len(trajectory.text)} characters; "
+                    f"the limit is {settings.max_text_chars}",
+                )
+
+
+def bearer_auth(settings: ServiceSettings):
+    scheme = HTTPBearer(auto_error=False, description="LOOPER_SERVICE_TOKEN")
+    if not settings.require_auth:
+
+        async def open_access() -> None:
+            return None
+
+        return open_access
+    expected = settings.token.get_secret_value().encode()
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(403, "invalid bearer token")
+
+    return check
+
+
+def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastAPI:
+    scorer = scorer or build_scorer(settings)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await anyio.to_thread.run_sync(scorer.load)
+        state["ready"] = True
+        log.info("scorer %s ready (path mode %s, auth %s)", scorer.version, scorer.path_mode, settings.require_auth)
+        yield
+
+    app = FastAPI(
+        title="Looper reward service",
+        version=scorer.version,
+        description="Regime W multi-path coherence scoring for grade-school math rollouts.",
+        lifespan=lifespan,
+    )
+    auth = [Depends(bearer_auth(settings))]
+
+    async def run_scorer(groups: list[ScoreRequest]) -> list[ScoreResponse]:
+        if not state["ready"]:
+            raise HTTPException(503, "scorer is still loading")
+        check_limits(groups, settings)
+        try:
+            if scorer.blocking:
+                results = await anyio.to_thread.run_sync(scorer.score, groups)
+            else:
+                results = scorer.score(groups)
+        except ScoringError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        metrics.groups.inc(len(groups))
+        metrics.trajectories.inc(sum(len(g.trajectories) for g in groups))
+        return results
+
+    def json_response(model) -> Response:
+        return Response(model.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=auth, responses=_ERRORS)
+    async def score(request: ScoreRequest) -> Response:
+        """Score one question's group of trajectories."""
+        (result,) = await run_scorer([request])
+        return json_response(result)
+
+    @app.post("/v1/score/batch", response_model=BatchScoreResponse, dependencies=auth, responses=_ERRORS)
+    async def score_batch(request: BatchScoreRequest) -> Response:
+        """Score many groups in one call (throughput); results in request order."""
+        return json_response(BatchScoreResponse(results=await run_scorer(request.groups)))
+
+    @app.get("/v1/arms", response_model=ArmSet, dependencies=auth, responses=_ERRORS)
+    async def arms() -> Response:
+        """The arm specs: prompts, temperature, top_p, seed per arm."""
+        return json_response(scorer.arm_set())
+
+    @app.post("/v1/prompts", response_model=PromptsResponse, dependencies=auth, responses=_ERRORS)
+    async def prompts(request: PromptsRequest) -> Response:
+        """Every arm's rendered prompts for each question (the rephrase probe's paraphrase included)."""
+        if len(request.questions) > settings.max_batch_groups:
+            raise HTTPException(422, f"{len(request.questions)} questions; the limit is {settings.max_batch_groups}")
+        return json_response(scorer.prompts(request.questions))
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz() -> JSONResponse:
+        if not state["ready"]:
+            return JSONResponse({"detail": "scorer is still loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "scorer_version": scorer.version, "path_mode": scorer.path_mode})
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    metrics = Metrics(scorer)
+    routes = {r.path for r in app.routes}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.state.settings = settings
+    app.state.scorer = scorer
+    return app

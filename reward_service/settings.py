@@ -1,0 +1,44 @@
+"""Everything the service can be configured with: one object, built by the CLI, passed to create_app."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from shared_schemas.answers import AnswerMode
+from shared_schemas.models import MAX_BATCH_GROUPS, MAX_GROUP_SIZE, MAX_TEXT_CHARS, ScoringWeights
+
+MIN_TOKEN_CHARS = 16
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: SecretStr | None = Field(None, description="Bearer token clients must send; never logged.")
+    require_auth: bool = Field(True, description="False only when started with --insecure-no-auth.")
+    stub: bool = Field(False, description="Serve the public stub scorer (correctness only, generic arms).")
+    path_mode: Literal["lexical", "embedding"] = "lexical"
+    embedding_model: str | None = Field(
+        None, description="Local sentence-transformers dir or hub id; None picks the installed MiniLM package."
+    )
+    embedding_device: str = "cpu"
+    embedding_batch_size: int = Field(64, ge=1, le=4096)
+    answer_mode: AnswerMode = "strict"
+    weights: ScoringWeights = ScoringWeights()
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_group_size: int = Field(64, ge=1, le=MAX_GROUP_SIZE, description="More trajectories get 422.")
+    max_batch_groups: int = Field(128, ge=1, le=MAX_BATCH_GROUPS, description="More groups in a batch get 422.")
+    max_text_chars: int = Field(16_000, ge=1, le=MAX_TEXT_CHARS, description="Longer trajectory texts get 422.")
+
+    @model_validator(mode="after")
+    def _token_when_closed(self) -> ServiceSettings:
+        if self.require_auth:
+            if self.token is None:
+                raise ValueError(
+                    "the service requires a bearer token: set LOOPER_SERVICE_TOKEN, pass --token-file, "
+                    "or start it open with --insecure-no-auth"
+                )
+            if len(self.token.get_secret_value()) < MIN_TOKEN_CHARS:
+                raise ValueError(f"the token must have at least {MIN_TOKEN_CHARS} characters")
+        return self

@@ -1,0 +1,252 @@
+"""The contract between the reward service, the rollout worker and the trainer.
+
+Every model is strict: unknown fields are rejected and every string and list is bounded, so a
+malformed or oversized request fails validation (HTTP 422) before any work is done.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Hard caps of the contract. A service may enforce tighter limits of its own (its settings).
+MAX_ID_CHARS = 128
+MAX_QUESTION_CHARS = 8_000
+MAX_GOLD_CHARS = 8_000
+MAX_TEXT_CHARS = 32_000
+MAX_PROMPT_CHARS = 8_000
+MAX_GROUP_SIZE = 256
+MAX_BATCH_GROUPS = 256
+MAX_ARMS = 64
+
+ArmName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+QuestionId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+# A normalised number: optional minus, digits, optional fraction with no trailing zeros ("-15", "1234.5").
+NormalisedAnswer = Annotated[str, Field(max_length=64, pattern=r"^-?\d+(\.\d*[1-9])?$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- arms ---------------------------------------------------------------------------------------
+
+ArmRole = Literal["compute", "reflective", "probe_standard", "probe_rephrase", "probe_counterfactual", "sample"]
+
+
+class ArmSpec(Strict):
+    """One differently-prompted way of sampling a solution. Served by the service, never hard-coded in clients."""
+
+    name: ArmName
+    role: ArmRole = Field(description="What the arm contributes to Regime W; probes anchor s_cf and quality.")
+    temperature: float = Field(ge=0.0, le=2.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    seed: int = Field(ge=0, le=2**31 - 1)
+    max_new_tokens: int = Field(default=512, ge=1, le=8192)
+    system_prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    user_template: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="Contains '{question}'. Probe arms whose question text is rewritten per question "
+        "(the paraphrase) are rendered by POST /v1/prompts.",
+    )
+
+
+class ArmSet(Strict):
+    scorer_version: str
+    arms: list[ArmSpec] = Field(min_length=1, max_length=MAX_ARMS)
+
+
+class PromptQuestion(Strict):
+    question_id: QuestionId
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+
+
+class PromptsRequest(Strict):
+    questions: list[PromptQuestion] = Field(min_length=1, max_length=MAX_BATCH_GROUPS)
+
+
+class RenderedArmPrompt(Strict):
+    arm_name: ArmName
+    system: str
+    user: str
+
+
+class QuestionPrompts(Strict):
+    question_id: QuestionId
+    prompts: list[RenderedArmPrompt]
+
+
+class PromptsResponse(Strict):
+    scorer_version: str
+    questions: list[QuestionPrompts]
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+class Trajectory(Strict):
+    """One generated solution: which arm produced it and the raw text. The service extracts the answer."""
+
+    arm_name: ArmName
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class ScoreRequest(Strict):
+    """One question's group of trajectories."""
+
+    question_id: QuestionId
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    gold_answer: str | None = Field(
+        default=None,
+        max_length=MAX_GOLD_CHARS,
+        description="A full GSM8K solution ending in '#### N' or a bare number; null scores label-free.",
+    )
+    trajectories: list[Trajectory] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
+
+
+class BatchScoreRequest(Strict):
+    groups: list[ScoreRequest] = Field(min_length=1, max_length=MAX_BATCH_GROUPS)
+
+
+class ScoringWeights(Strict):
+    """Every weight and threshold of the scorer; echoed in each response so a stored reward is reproducible."""
+
+    s_end: float = 0.4
+    s_path: float = 0.3
+    s_cf: float = 0.3
+    path_length: float = Field(0.4, description="Share of length coherence inside s_path.")
+    path_similarity: float = Field(0.6, description="Share of mean pairwise similarity inside s_path.")
+    correct_base: float = 1.0
+    incorrect_base: float = -0.5
+    group_coherence: float = Field(0.7, description="Multiplier of s_wm in the group reward.")
+    length_penalty_per_word: float = 0.001
+    length_free_words: int = 400
+    trajectory_group_coherence: float = Field(0.1, description="Per-trajectory reward: weight of the group s_wm.")
+    trajectory_coherence: float = Field(0.2, description="Per-trajectory reward: weight of its own s_wm_i.")
+    trajectory_quality: float = Field(0.1, description="Per-trajectory reward: weight of its quality term.")
+    quality_conciseness: float = 0.4
+    quality_alignment: float = 0.6
+
+
+class TrajectoryScore(Strict):
+    arm_name: ArmName
+    answer: NormalisedAnswer | None = Field(description="Extracted final answer, normalised; null if none.")
+    correct: bool = Field(description="Equal to the gold answer (or to the pseudo-label when label-free).")
+    words: int = Field(ge=0)
+    s_end: Unit = Field(description="Leave-one-out answer agreement.")
+    s_path: Unit = Field(description="Mean path similarity to the other trajectories.")
+    s_cf: Unit = Field(description="Agreement with the probes' answers (itself excluded).")
+    coherence: Unit = Field(description="Its own s_wm: the s_* above with the s_wm weights.")
+    quality: Unit = Field(description="0.4 x conciseness + 0.6 x alignment with the canonical probes.")
+    length_penalty: float = Field(ge=0.0)
+    reward: float
+
+
+LabelSource = Literal["gold", "majority", "none"]
+
+
+class ScoreResponse(Strict):
+    question_id: QuestionId
+    s_end: Unit
+    s_path: Unit
+    s_cf: Unit
+    s_wm: Unit
+    group_reward: float
+    mean_words: float = Field(ge=0.0)
+    any_correct: bool
+    label_source: LabelSource = Field(
+        description="'gold' when a gold answer was given, 'majority' when the majority answer stood in as "
+        "a pseudo-label, 'none' when no trajectory had an answer."
+    )
+    reference_answer: NormalisedAnswer | None = Field(description="The gold or pseudo-label answer used.")
+    path_mode: Literal["lexical", "embedding", "none"]
+    scorer_version: str
+    weights: ScoringWeights
+    trajectories: list[TrajectoryScore]
+
+
+class BatchScoreResponse(Strict):
+    results: list[ScoreResponse]
+
+
+class ErrorResponse(Strict):
+    detail: str | list[dict]
+
+
+# --- records written by the clients ------------------------------------------------------------
+
+
+class SamplingInfo(Strict):
+    temperature: float
+    top_p: float
+    seed: int
+    max_new_tokens: int
+
+
+class RolloutTrajectory(Strict):
+    arm_name: ArmName
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    answer: NormalisedAnswer | None
+    correct: bool
+    reward: float
+    quality: Unit
+    coherence: Unit
+    completion_tokens: int | None = Field(default=None, ge=0)
+    sampling: SamplingInfo | None = None
+
+
+class RolloutRecord(Strict):
+    """One line of a rollouts JSONL file: a question, every arm's trajectory and the group's scores."""
+
+    question_id: QuestionId
+    question: str = Field(max_length=MAX_QUESTION_CHARS)
+    gold_answer: str | None = Field(default=None, max_length=MAX_GOLD_CHARS)
+    trajectories: list[RolloutTrajectory] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
+    s_end: Unit
+    s_path: Unit
+    s_cf: Unit
+    s_wm: Unit
+    group_reward: float
+    label_source: LabelSource
+    scorer_version: str
+    weights: ScoringWeights
+    model: str = Field(max_length=1024)
+    engine: str = Field(max_length=64)
+
+
+PairType = Literal["correctness", "coherence"]
+
+
+class PreferencePair(Strict):
+    question_id: QuestionId
+    prompt: str = Field(max_length=MAX_QUESTION_CHARS + MAX_PROMPT_CHARS)
+    chosen: str = Field(max_length=MAX_TEXT_CHARS)
+    rejected: str = Field(max_length=MAX_TEXT_CHARS)
+    pair_type: PairType
+    chosen_reward: float
+    rejected_reward: float
+    chosen_arm: ArmName
+    rejected_arm: ArmName
+
+
+CONTRACT_MODELS: dict[str, type[BaseModel]] = {
+    "ArmSpec": ArmSpec,
+    "ArmSet": ArmSet,
+    "PromptsRequest": PromptsRequest,
+    "PromptsResponse": PromptsResponse,
+    "Trajectory": Trajectory,
+    "ScoreRequest": ScoreRequest,
+    "ScoreResponse": ScoreResponse,
+    "BatchScoreRequest": BatchScoreRequest,
+    "BatchScoreResponse": BatchScoreResponse,
+    "ScoringWeights": ScoringWeights,
+    "RolloutRecord": RolloutRecord,
+    "PreferencePair": PreferencePair,
+}
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of every contract model, keyed by model name."""
+    return {name: model.model_json_schema() for name, model in CONTRACT_MODELS.items()}
