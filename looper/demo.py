@@ -31,8 +31,14 @@ def run_demo(stub: bool = False, port: int = 0) -> None:
         table.add_column(column, justify="right")
     for t in result.trajectories:
         table.add_row(
-            t.arm_name, t.answer or "-", "yes" if t.correct else "no",
-            f"{t.s_end:.3f}", f"{t.s_path:.3f}", f"{t.s_cf:.3f}", f"{t.quality:.3f}", f"{t.reward:.4f}",
+            t.arm_name,
+            t.answer or "-",
+            "yes" if t.correct else "no",
+            f"{t.s_end:.3f}",
+            f"{t.s_path:.3f}",
+            f"{t.s_cf:.3f}",
+            f"{t.quality:.3f}",
+            f"{t.reward:.4f}",
         )
     console.print(table)
     console.print(

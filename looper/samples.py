@@ -40,7 +40,9 @@ def sample_question(rng: random.Random) -> tuple[str, int, int, int]:
     return question, packs, per_pack, price
 
 
-def sample_solution(rng: random.Random, arm: str, packs: int, per_pack: int, price: int, words: int, wrong: bool) -> str:
+def sample_solution(
+    rng: random.Random, arm: str, packs: int, per_pack: int, price: int, words: int, wrong: bool
+) -> str:
     markers = packs * per_pack
     total = markers * price + (rng.choice((-price, price, per_pack)) if wrong else 0)
     if arm.startswith("wolfram"):
@@ -65,7 +67,9 @@ def sample_group(
 ) -> ScoreRequest:
     question, packs, per_pack, price = sample_question(rng)
     trajectories = [
-        Trajectory(arm_name=arm, text=sample_solution(rng, arm, packs, per_pack, price, words, rng.random() < wrong_rate))
+        Trajectory(
+            arm_name=arm, text=sample_solution(rng, arm, packs, per_pack, price, words, rng.random() < wrong_rate)
+        )
         for arm in arms
     ]
     return ScoreRequest(

@@ -52,7 +52,10 @@ class Metrics:
     def __init__(self, scorer: Scorer):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "looper_http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+            "looper_http_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "looper_http_request_seconds",

@@ -166,7 +166,9 @@ def score_group(
 
     mean_words = sum(words) / n
     base = w.correct_base if any_correct else w.incorrect_base
-    group_reward = base + w.group_coherence * s_wm - w.length_penalty_per_word * max(0.0, mean_words - w.length_free_words)
+    group_reward = (
+        base + w.group_coherence * s_wm - w.length_penalty_per_word * max(0.0, mean_words - w.length_free_words)
+    )
 
     counts = Counter(a for a in answers if a is not None)
     shortest = min((c for c in words if c > 0), default=0)

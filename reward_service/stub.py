@@ -25,7 +25,9 @@ from shared_schemas.models import (
 
 STUB_VERSION = "stub-correctness/1.0.0"
 TUTOR_SYSTEM = "You are a careful math tutor."
-TUTOR_USER = "Problem: {question}\n\nSolve step by step, then give the final answer on its own line as 'Answer: <number>'."
+TUTOR_USER = (
+    "Problem: {question}\n\nSolve step by step, then give the final answer on its own line as 'Answer: <number>'."
+)
 
 STUB_ARMS = tuple(
     ArmSpec(
@@ -106,7 +108,9 @@ class StubScorer:
                 QuestionPrompts(
                     question_id=q.question_id,
                     prompts=[
-                        RenderedArmPrompt(arm_name=a.name, system=a.system_prompt, user=a.user_template.format(question=q.question))
+                        RenderedArmPrompt(
+                            arm_name=a.name, system=a.system_prompt, user=a.user_template.format(question=q.question)
+                        )
                         for a in self.arms
                     ],
                 )

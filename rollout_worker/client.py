@@ -65,9 +65,7 @@ class ServiceClient:
         self.config = config
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
         limits = httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency)
-        self._http = httpx.AsyncClient(
-            base_url=config.url, headers=headers, timeout=config.timeout_s, limits=limits
-        )
+        self._http = httpx.AsyncClient(base_url=config.url, headers=headers, timeout=config.timeout_s, limits=limits)
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
     async def __aenter__(self) -> ServiceClient:
