@@ -58,14 +58,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = service_settings(args)
     if not settings.require_auth:
         logging.getLogger("looper").warning("serving WITHOUT authentication (--insecure-no-auth)")
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=10,
-    )
+    server = {"log_level": args.log_level, "access_log": args.access_log, "timeout_graceful_shutdown": 10}
+    if args.workers > 1:
+        from reward_service.workers import serve_workers
+
+        raise SystemExit(serve_workers(lambda: create_app(settings), args.workers, args.host, args.port, **server))
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **server)
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -84,6 +82,51 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(stub=args.stub, port=args.port)
 
 
+def cmd_data(args: argparse.Namespace) -> None:
+    from trainer.data import prepare_data
+
+    manifest = prepare_data(
+        args.out,
+        gsm8k=args.gsm8k,
+        platinum=args.platinum,
+        generated=args.generated,
+        generated_eval=args.generated_eval,
+        dev_fraction=args.dev_fraction,
+        seed=args.seed,
+    )
+    for name, info in manifest["files"].items():
+        print(f"{name:>16}: {info['rows']:>6} rows  {Path(args.out) / (name + '.jsonl')}")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.sft import SFTStageConfig, run_sft
+
+    print(f"adapter saved to {run_sft(config_from_args(SFTStageConfig, args))}")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.merge import MergeConfig, merge_adapter
+
+    print(f"merged checkpoint saved to {merge_adapter(config_from_args(MergeConfig, args))}")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def cmd_rollouts(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from rollout_worker.worker import RolloutConfig, run_rollouts
+
+    summary = run_rollouts(config_from_args(RolloutConfig, args))
+    print(json.dumps(summary))
+
+
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -98,6 +141,9 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-group-size", type=int, default=64)
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="service processes sharing the port (one core each)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,13 +162,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stub", action="store_true")
     demo.add_argument("--port", type=int, default=0, help="0 picks a free port")
     demo.set_defaults(func=cmd_demo)
+    data = sub.add_parser("data", help="prepare GSM8K train/dev, GSM8K-Platinum and generated problems as JSONL")
+    data.add_argument("--out", default="data")
+    data.add_argument("--gsm8k", help="hub id (openai/gsm8k) or a folder with train.jsonl / a JSONL file")
+    data.add_argument("--platinum", help="hub id (madrylab/gsm8k-platinum) or a folder with test.jsonl / a JSONL file")
+    data.add_argument("--generated", type=int, default=0, help="N generated training problems")
+    data.add_argument("--generated-eval", type=int, default=0, help="N held-out generated problems")
+    data.add_argument("--dev-fraction", type=float, default=0.2)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=cmd_data)
+
+    from looper.config import add_config_args
+    from trainer.merge import MergeConfig
+    from trainer.sft import SFTStageConfig
+
+    sft = sub.add_parser("sft", help="LoRA / QLoRA supervised fine-tuning (TRL SFTTrainer)")
+    add_config_args(sft, SFTStageConfig)
+    sft.set_defaults(func=cmd_sft)
+
+    from rollout_worker.worker import RolloutConfig
+
+    rollouts = sub.add_parser("rollouts", help="sample every arm of each question, score over HTTP, write JSONL")
+    add_config_args(rollouts, RolloutConfig)
+    rollouts.set_defaults(func=cmd_rollouts)
+
+    merge = sub.add_parser("merge", help="fold a LoRA adapter into a full checkpoint, verified by logits")
+    add_config_args(merge, MergeConfig)
+    merge.set_defaults(func=cmd_merge)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    from rollout_worker.client import ServiceError, ServiceUnavailable
+    from trainer.data import DataError
+    from trainer.modeling import ModelSourceError
+
+    try:
+        args.func(args)
+    except (DataError, ModelSourceError, ServiceError, ServiceUnavailable) as exc:
+        raise SystemExit(f"looper {args.command}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -29,9 +29,18 @@ class LocalService:
 
 @contextmanager
 def local_service(
-    *, stub: bool = False, port: int = 0, token: str | None = "generate", extra_args=(), ready_timeout_s: float = 120.0
+    *,
+    stub: bool = False,
+    port: int = 0,
+    token: str | None = "generate",
+    extra_args=(),
+    ready_timeout_s: float = 120.0,
+    log_path: str | os.PathLike | None = None,
 ):
-    """Start the service, wait until /readyz answers 200, yield it, stop it. token=None serves it open."""
+    """Start the service, wait until /readyz answers 200, yield it, stop it. token=None serves it open.
+
+    log_path: append the child's stdout and stderr to this file (default: inherit the parent's).
+    """
     port = port or free_port()
     token = secrets.token_urlsafe(32) if token == "generate" else token
     args = [sys.executable, "-m", "looper.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
@@ -41,7 +50,13 @@ def local_service(
     env = {k: v for k, v in os.environ.items() if k != "LOOPER_SERVICE_TOKEN"}
     if token is not None:
         env["LOOPER_SERVICE_TOKEN"] = token
-    process = subprocess.Popen(args, env=env)
+    log_file = open(log_path, "ab") if log_path is not None else None
+    try:
+        process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
+    except BaseException:
+        if log_file is not None:
+            log_file.close()
+        raise
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -49,7 +64,7 @@ def local_service(
             if process.poll() is not None:
                 raise RuntimeError(f"looper serve exited with code {process.returncode} before it was ready")
             try:
-                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1.0, trust_env=False).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -64,3 +79,5 @@ def local_service(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if log_file is not None:
+            log_file.close()

@@ -10,9 +10,12 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reward_service.scorer import Scorer, ScoringError
 from reward_service.settings import ServiceSettings
@@ -141,6 +144,65 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class ScoringFastPath:
+    """The scoring routes' common case without FastAPI's request machinery (json.loads, validation of the
+    Python objects, dependency resolution): pydantic validates the raw body in one step.
+
+    Only a POST to a scoring route with `Content-Type: application/json` and the exact bearer token is
+    tried here; any request it cannot answer (not valid JSON, invalid fields, over a limit, a scoring error)
+    goes on to the FastAPI route unchanged, as does every other request, so every error is FastAPI's own
+    answer. A request it answers gets the same bytes the route would send (the JSON parsers agree wherever
+    pydantic accepts a document; tests/test_service_fast_path.py checks both paths answer alike).
+    """
+
+    def __init__(self, app, handlers: dict, token: str | None):
+        self.app, self.handlers = app, handlers
+        self.authorization = None if token is None else f"Bearer {token}".encode("latin-1")
+
+    async def __call__(self, scope, receive, send):
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None or not self._plain(scope["headers"]):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        response = await handler(body)
+        if response is not None:
+            return await response(scope, receive, send)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _plain(self, headers) -> bool:
+        content_type = authorization = None
+        for name, value in headers:
+            if name == b"content-type":
+                if content_type is not None:
+                    return False
+                content_type = value
+            elif name == b"authorization":
+                if authorization is not None:
+                    return False
+                authorization = value
+        if content_type != b"application/json":
+            return False
+        if self.authorization is None:
+            return True
+        return authorization is not None and hmac.compare_digest(authorization, self.authorization)
+
+
 def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
     if len(groups) > settings.max_batch_groups:
         raise HTTPException(422, f"{len(groups)} groups in one batch; the limit is {settings.max_batch_groups}")
@@ -198,6 +260,13 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     )
     auth = [Depends(bearer_auth(settings))]
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers an undecodable body (bytes that are not UTF-8) with an undocumented 400.
+        if exc.status_code == 400:
+            return JSONResponse({"detail": "request body is not valid JSON (UTF-8 expected)"}, status_code=422)
+        return await http_exception_handler(request, exc)
+
     async def run_scorer(groups: list[ScoreRequest]) -> list[ScoreResponse]:
         if not state["ready"]:
             raise HTTPException(503, "scorer is still loading")
@@ -227,6 +296,22 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         """Score many groups in one call (throughput); results in request order."""
         return json_response(BatchScoreResponse(results=await run_scorer(request.groups)))
 
+    async def fast_score(body: bytes) -> Response | None:
+        try:
+            request = ScoreRequest.model_validate_json(body)
+            (result,) = await run_scorer([request])
+        except (ValidationError, HTTPException):
+            return None  # the route answers (and raises the same HTTPException)
+        return json_response(result)
+
+    async def fast_score_batch(body: bytes) -> Response | None:
+        try:
+            request = BatchScoreRequest.model_validate_json(body)
+            results = await run_scorer(request.groups)
+        except (ValidationError, HTTPException):
+            return None
+        return json_response(BatchScoreResponse(results=results))
+
     @app.get("/v1/arms", response_model=ArmSet, dependencies=auth, responses=_ERRORS)
     async def arms() -> Response:
         """The arm specs: prompts, temperature, top_p, seed per arm."""
@@ -255,6 +340,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
 
     metrics = Metrics(scorer)
     routes = {r.path for r in app.routes}
+    fast_routes = {"/v1/score": fast_score, "/v1/score/batch": fast_score_batch}
+    token = settings.token.get_secret_value() if settings.require_auth else None
+    app.add_middleware(ScoringFastPath, handlers=fast_routes, token=token)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     app.state.settings = settings

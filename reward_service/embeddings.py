@@ -28,7 +28,9 @@ class Embedder:
     def similarity_matrices(self, groups: Sequence[Sequence[str]]) -> list[list[list[float]]]:
         """Cosine similarity (clipped to [0, 1]) within each group; all groups in one encode call."""
         flat = [text for group in groups for text in group]
-        vectors = self.model.encode(flat, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = self.model.encode(
+            flat, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         out, start = [], 0
         for group in groups:
             block = vectors[start : start + len(group)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from reward_service.arms import REGIME_W_ARMS, render_prompts
 from reward_service.scoring import SCORER_VERSION, score_group
 from reward_service.settings import ServiceSettings
+from shared_schemas.answers import warm_up
 from shared_schemas.models import ArmSet, PromptQuestion, PromptsResponse, ScoreRequest, ScoreResponse
 
 
@@ -27,6 +28,7 @@ class RegimeWScorer:
         return self.settings.path_mode == "embedding"
 
     def load(self) -> None:
+        warm_up()
         if self.settings.path_mode == "embedding":
             from reward_service.embeddings import Embedder
 

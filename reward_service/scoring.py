@@ -38,12 +38,53 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return shared / union if union else 0.0
 
 
+# ASCII bytes -> lower-case letters and digits kept, everything else a separator (see _token_sets).
+_ASCII_TOKENS = bytes(c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
+
+
+# ASCII bytes -> 0 for what str.split() splits on (str.isspace), 1 for the rest (see word_count).
+_ASCII_SPACES = bytes(0 if c < 128 and chr(c).isspace() else 1 for c in range(256))
+
+
+def word_count(text: str) -> int:
+    """len(text.split()), without building the list for ASCII text: the words are the runs of non-space
+    characters, counted as the places where a space is followed by a non-space (plus a leading word)."""
+    if not text.isascii():
+        return len(text.split())
+    marks = text.encode("ascii").translate(_ASCII_SPACES)
+    return marks.count(b"\x00\x01") + (marks[:1] == b"\x01")
+
+
+def _token_sets(texts: Sequence[str]) -> list[set[str]]:
+    """token_set of each text, faster: ASCII text is tokenised by a byte translation table (the same tokens
+    as the regex on lower-cased text); any other text by token_set itself."""
+    return [
+        set(t.encode("ascii").translate(_ASCII_TOKENS).decode("ascii").split()) if t.isascii() else token_set(t)
+        for t in texts
+    ]
+
+
 def jaccard_matrix(texts: Sequence[str]) -> list[list[float]]:
-    sets = [token_set(t) for t in texts]
+    """Pairwise token Jaccard; each token set is a bit mask over the group's vocabulary, so an
+    intersection's size is a popcount (the same integers, hence the same floats, as `jaccard`)."""
+    sets = _token_sets(texts)
+    vocab: dict[str, int] = {}
+    masks = []
+    for tokens in sets:
+        mask = 0
+        for token in tokens:
+            bit = vocab.get(token)
+            if bit is None:
+                bit = vocab[token] = 1 << len(vocab)
+            mask |= bit
+        masks.append(mask)
+    sizes = [len(tokens) for tokens in sets]
     n = len(sets)
     sim = [[1.0] * n for _ in range(n)]
     for i, j in combinations(range(n), 2):
-        sim[i][j] = sim[j][i] = jaccard(sets[i], sets[j])
+        shared = (masks[i] & masks[j]).bit_count()
+        union = sizes[i] + sizes[j] - shared
+        sim[i][j] = sim[j][i] = shared / union if union else 0.0
     return sim
 
 
@@ -146,14 +187,15 @@ def score_group(
     texts = [t.text for t in request.trajectories]
     n = len(texts)
     answers = [extract_answer(t, answer_mode) for t in texts]
-    words = [len(t.split()) for t in texts]
+    words = [word_count(t) for t in texts]
     roles = Roles.of([arm_roles.get(t.arm_name, "sample") for t in request.trajectories])
 
     reference, label_source = reference_answer(request, answers)
     correct = [a is not None and a == reference for a in answers]
     any_correct = any(correct)
 
-    sim = similarity if similarity is not None else jaccard_matrix(texts)
+    overlap = jaccard_matrix(texts)  # the quality term's alignment is token overlap in every mode
+    sim = similarity if similarity is not None else overlap
     everyone = range(n)
     w = weights
 
@@ -184,7 +226,7 @@ def score_group(
 
         conciseness = shortest / words[i] if words[i] else 0.0
         anchors = [j for j in roles.anchors if j != i]
-        alignment = mean_similarity_to(sim, i, anchors) if anchors else s_path_i
+        alignment = mean_similarity_to(overlap, i, anchors) if anchors else mean_similarity_to(overlap, i, everyone)
         quality = _unit(w.quality_conciseness * conciseness + w.quality_alignment * alignment)
 
         length_penalty = w.length_penalty_per_word * max(0, words[i] - w.length_free_words)

@@ -10,7 +10,7 @@ from collections import Counter
 
 from reward_service.scorer import reference_answer
 from reward_service.settings import ServiceSettings
-from shared_schemas.answers import answer_agreement, extract_answer
+from shared_schemas.answers import answer_agreement, extract_answer, warm_up
 from shared_schemas.models import (
     ArmSet,
     ArmSpec,
@@ -22,12 +22,9 @@ from shared_schemas.models import (
     ScoreResponse,
     TrajectoryScore,
 )
+from trainer.prompts import TUTOR_SYSTEM, USER_TEMPLATE
 
 STUB_VERSION = "stub-correctness/1.0.0"
-TUTOR_SYSTEM = "You are a careful math tutor."
-TUTOR_USER = (
-    "Problem: {question}\n\nSolve step by step, then give the final answer on its own line as 'Answer: <number>'."
-)
 
 STUB_ARMS = tuple(
     ArmSpec(
@@ -37,7 +34,7 @@ STUB_ARMS = tuple(
         top_p=0.95,
         seed=k,
         system_prompt=TUTOR_SYSTEM,
-        user_template=TUTOR_USER,
+        user_template=USER_TEMPLATE,
     )
     for k in range(11)
 )
@@ -96,7 +93,7 @@ class StubScorer:
         self.arms = STUB_ARMS
 
     def load(self) -> None:
-        pass
+        warm_up()
 
     def arm_set(self) -> ArmSet:
         return ArmSet(scorer_version=self.version, arms=list(self.arms))

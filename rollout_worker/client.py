@@ -53,10 +53,14 @@ class ClientConfig:
 
 
 def _detail(response: httpx.Response) -> str:
+    """The service's message; FastAPI's validation errors as 'body.field: msg; ...'."""
     try:
-        detail = response.json().get("detail", response.text)
+        body = response.json()
     except ValueError:
-        detail = response.text
+        return response.text
+    detail = body.get("detail", response.text) if isinstance(body, dict) else body
+    if isinstance(detail, list) and all(isinstance(e, dict) for e in detail):
+        return "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', e)}" for e in detail)
     return detail if isinstance(detail, str) else str(detail)
 
 

@@ -123,9 +123,9 @@ class ScoringWeights(Strict):
     group_coherence: float = Field(0.7, description="Multiplier of s_wm in the group reward.")
     length_penalty_per_word: float = 0.001
     length_free_words: int = 400
-    trajectory_group_coherence: float = Field(0.1, description="Per-trajectory reward: weight of the group s_wm.")
-    trajectory_coherence: float = Field(0.2, description="Per-trajectory reward: weight of its own s_wm_i.")
-    trajectory_quality: float = Field(0.1, description="Per-trajectory reward: weight of its quality term.")
+    trajectory_group_coherence: float = Field(0.05, description="Per-trajectory reward: weight of the group s_wm.")
+    trajectory_coherence: float = Field(0.1, description="Per-trajectory reward: weight of its own s_wm_i.")
+    trajectory_quality: float = Field(0.05, description="Per-trajectory reward: weight of its quality term.")
     quality_conciseness: float = 0.4
     quality_alignment: float = 0.6
 

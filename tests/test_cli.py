@@ -1,0 +1,74 @@
+"""`looper` as a user runs it: clear errors for bad configuration, a served weights file echoed back."""
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+
+from looper.local_service import local_service
+from shared_schemas.models import ScoreRequest, Trajectory
+
+
+def run_looper(*args, env_token=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if k != "LOOPER_SERVICE_TOKEN"}
+    if env_token is not None:
+        env["LOOPER_SERVICE_TOKEN"] = env_token
+    return subprocess.run(
+        [sys.executable, "-m", "looper.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_serve_refuses_to_start_closed_without_a_token():
+    result = run_looper("serve", "--port", "1")
+    assert result.returncode != 0
+    assert "LOOPER_SERVICE_TOKEN" in result.stderr and "--insecure-no-auth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_short_token():
+    result = run_looper("serve", "--port", "1", env_token="short")
+    assert result.returncode != 0
+    assert "at least 16 characters" in result.stderr
+
+
+def test_serve_names_a_missing_token_file(tmp_path):
+    result = run_looper("serve", "--port", "1", "--token-file", str(tmp_path / "nope"))
+    assert result.returncode != 0
+    assert "does not exist" in result.stderr
+
+
+def test_serve_rejects_unknown_weights(tmp_path):
+    weights = tmp_path / "w.yaml"
+    weights.write_text("s_end: 0.5\nnot_a_weight: 1\n")
+    result = run_looper("serve", "--port", "1", "--insecure-no-auth", "--weights", str(weights))
+    assert result.returncode != 0
+    assert "not_a_weight" in result.stderr
+
+
+def test_weights_file_is_used_and_echoed(tmp_path):
+    weights = tmp_path / "w.yaml"
+    weights.write_text("s_end: 0.6\ns_path: 0.2\ns_cf: 0.2\ngroup_coherence: 0.5\n")
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 32 + "\n")
+    request = ScoreRequest(
+        question_id="q",
+        question="2+2?",
+        gold_answer="4",
+        trajectories=[Trajectory(arm_name="wolfram_0", text="2 + 2 = 4\nAnswer: 4")] * 2,
+    )
+    with local_service(token=None, extra_args=["--weights", str(weights)]) as service:
+        body = httpx.post(f"{service.url}/v1/score", json=request.model_dump(mode="json")).json()
+    assert body["weights"]["s_end"] == 0.6 and body["weights"]["group_coherence"] == 0.5
+    # s_end = 1, s_path = 1, s_cf = s_end fallback = 1 -> s_wm = 1; group reward = 1.0 + 0.5 * 1
+    assert body["s_wm"] == 1.0 and body["group_reward"] == 1.5
+
+
+def test_schema_command_writes_every_contract_model(tmp_path):
+    result = run_looper("schema", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"ScoreRequest.schema.json", "ScoreResponse.schema.json", "ArmSpec.schema.json"} <= written
+    schema = json.loads((tmp_path / "ScoreRequest.schema.json").read_text())
+    assert schema["additionalProperties"] is False
