@@ -1,0 +1,88 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.data import DataError, load_split, platinum_records, prepare_data, read_jsonl, split_train_dev
+from trainer.prompts import build_prompt, solution_target
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared GSM8K data not present beside the repo")
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    good = json.dumps({"question": "q", "answer": "#### 1"})
+    with pytest.raises(DataError, match=r"line 2: not valid JSON"):
+        read_jsonl(write(tmp_path / "a.jsonl", [good, "{oops"]))
+    with pytest.raises(DataError, match=r"line 3: missing or non-string field\(s\) answer"):
+        read_jsonl(write(tmp_path / "b.jsonl", [good, "", json.dumps({"question": "q"})]))
+    with pytest.raises(DataError, match="no such file"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_hub_id_while_offline_says_to_pass_a_local_path(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="pass a local JSONL file"):
+        load_split("openai/gsm8k-does-not-exist", "train", config="main")
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(100)]
+    train, dev = split_train_dev(rows, 0.2, seed=3)
+    again_train, again_dev = split_train_dev(rows, 0.2, seed=3)
+    other_train, _ = split_train_dev(rows, 0.2, seed=4)
+    assert (train, dev) == (again_train, again_dev)
+    assert [r["id"] for r in train] != [r["id"] for r in other_train]
+    assert len(dev) == 20 and len(train) == 80
+    assert {r["id"] for r in train}.isdisjoint({r["id"] for r in dev})
+    assert dev[0]["id"].startswith("gsm8k-train-")
+
+
+def test_platinum_drops_rows_marked_bad():
+    rows = [
+        {"question": "a", "answer": "#### 1", "cleaning_status": "consensus"},
+        {"question": "b", "answer": "#### 2", "cleaning_status": "bad"},
+        {"question": "c", "answer": "#### 3", "cleaning_status": "revised"},
+    ]
+    kept = platinum_records(rows)
+    assert [r["id"] for r in kept] == ["platinum-0000", "platinum-0002"]
+    assert kept[1]["cleaning_status"] == "revised"
+
+
+@needs_shared
+def test_prepare_real_gsm8k_and_platinum(tmp_path):
+    manifest = prepare_data(
+        tmp_path, gsm8k=str(SHARED / "gsm8k"), platinum=str(SHARED / "gsm8k_platinum" / "test.jsonl"), seed=0
+    )
+    files = manifest["files"]
+    assert files["train"]["rows"] + files["dev"]["rows"] == 7473
+    assert files["dev"]["rows"] == round(7473 * 0.2)
+    assert files["platinum"]["rows"] == 1209
+    first = json.loads((tmp_path / "platinum.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"id", "question", "answer", "cleaning_status"}
+
+
+def test_generated_eval_never_repeats_training_questions(tmp_path):
+    prepare_data(tmp_path, generated=200, generated_eval=50, seed=1)
+    train = {r["question"] for r in read_jsonl(tmp_path / "generated_train.jsonl")}
+    held_out = read_jsonl(tmp_path / "generated_eval.jsonl")
+    assert len(held_out) == 50 and not train & {r["question"] for r in held_out}
+
+
+def test_solution_target_strips_calculator_and_ends_with_answer_line():
+    gold = "He has 3*4=<<3*4=12>>12 apples.\n#### 1,200"
+    assert solution_target(gold) == "He has 3*4=12 apples.\nAnswer: 1200"
+
+
+def test_prompt_uses_the_chat_template_when_there_is_one():
+    class Plain:
+        chat_template = None
+
+    plain = build_prompt("How many?", Plain())
+    assert plain.startswith("You are a careful math tutor.") and "Problem: How many?" in plain
+    assert plain.endswith("Solution:\n")

@@ -1,0 +1,165 @@
+"""Data: GSM8K (hub id or local JSONL), the seeded train/dev split, GSM8K-Platinum, generated problems.
+
+Every record the project writes is `{"id", "question", "answer"}` (answer: a full solution ending in
+`#### N`), plus `cleaning_status` for Platinum rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+PLATINUM_USABLE = ("consensus", "verified", "revised")
+
+
+class DataError(ValueError):
+    """Missing files, malformed JSONL or an unreachable hub: the message says what to do."""
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = ("question", "answer")) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    required = tuple(required)
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {line_no}: expected a JSON object")
+            missing = [k for k in required if not isinstance(row.get(k), str)]
+            if missing:
+                raise DataError(f"{path}, line {line_no}: missing or non-string field(s) {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
+    """Write rows (atomically: temp file, fsync, rename); return the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    digest = hashlib.sha256()
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            digest.update(line.encode())
+            f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return digest.hexdigest()
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists() or source.endswith(".jsonl")
+
+
+def _from_hub(source: str, config: str | None, split: str) -> list[dict]:
+    try:
+        from datasets import load_dataset
+
+        return [dict(row) for row in load_dataset(source, config, split=split)]
+    except Exception as exc:  # noqa: BLE001 - any hub failure gets the same actionable message
+        raise DataError(
+            f"could not load {source!r} ({split}) from the Hugging Face hub ({type(exc).__name__}). "
+            f"If the hub is not reachable, pass a local JSONL file or a folder holding {split}.jsonl instead."
+        ) from None
+
+
+def load_split(source: str, split: str, config: str | None = None) -> list[dict]:
+    """Rows of one split from a JSONL file, a folder with `<split>.jsonl`, or a hub dataset id."""
+    if not _is_local(source):
+        return _from_hub(source, config, split)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    return read_jsonl(path)
+
+
+def split_train_dev(rows: list[dict], dev_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Seeded split of GSM8K train; ids name the source row, so they are stable across seeds."""
+    if not 0.0 < dev_fraction < 1.0:
+        raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    records = [
+        {"id": f"gsm8k-train-{i:05d}", "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)
+    ]
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_dev = round(len(records) * dev_fraction)
+    dev = sorted(order[:n_dev])
+    train = sorted(order[n_dev:])
+    return [records[i] for i in train], [records[i] for i in dev]
+
+
+def platinum_records(rows: list[dict], keep: Iterable[str] = PLATINUM_USABLE) -> list[dict]:
+    """GSM8K-Platinum rows the set marks usable (others, e.g. 'bad', are dropped), with stable ids."""
+    keep = set(keep)
+    out = []
+    for i, r in enumerate(rows):
+        status = r.get("cleaning_status", "consensus")
+        if status in keep:
+            out.append(
+                {"id": f"platinum-{i:04d}", "question": r["question"], "answer": r["answer"], "cleaning_status": status}
+            )
+    return out
+
+
+def generated_records(n: int, seed: int) -> list[dict]:
+    from trainer.problems import generate, to_record
+
+    return [to_record(p) for p in generate(n, seed=seed)]
+
+
+def prepare_data(
+    out_dir: str | Path,
+    *,
+    gsm8k: str | None = None,
+    platinum: str | None = None,
+    generated: int = 0,
+    generated_eval: int = 0,
+    dev_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """Write train/dev (GSM8K), platinum and generated splits as JSONL plus a manifest; return the manifest."""
+    out = Path(out_dir)
+    files: dict[str, dict] = {}
+
+    def save(name: str, rows: list[dict]) -> None:
+        files[name] = {"rows": len(rows), "sha256": write_jsonl(out / f"{name}.jsonl", rows)}
+
+    if gsm8k:
+        train, dev = split_train_dev(load_split(gsm8k, "train", config="main"), dev_fraction, seed)
+        save("train", train)
+        save("dev", dev)
+    if platinum:
+        save("platinum", platinum_records(load_split(platinum, "test", config="main")))
+    generated_train = generated_records(generated, seed) if generated else []
+    if generated_train:
+        save("generated_train", generated_train)
+    if generated_eval:
+        # another seed stream, so held-out generated problems never repeat training ones
+        train_questions = {r["question"] for r in generated_train}
+        held_out = [
+            r for r in generated_records(generated_eval * 2, seed + 10_000) if r["question"] not in train_questions
+        ]
+        save("generated_eval", held_out[:generated_eval])
+    if not files:
+        raise DataError("nothing to prepare: give --gsm8k, --platinum and/or --generated N")
+    manifest = {
+        "seed": seed,
+        "dev_fraction": dev_fraction,
+        "sources": {"gsm8k": gsm8k, "platinum": platinum},
+        "files": files,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,187 @@
+"""QLoRA / LoRA supervised fine-tuning on (question, solution) records with TRL's SFTTrainer.
+
+Loss only on the solution tokens; the prompt is the project's one prompt format (trainer.prompts).
+Output: a LoRA adapter dir with its tokenizer, a run manifest and per-step metrics; interrupted runs
+resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from trainer.data import read_jsonl
+from trainer.prompts import build_prompt, solution_target
+
+log = logging.getLogger("looper.sft")
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PRESETS = {"default": {"lora_r": 64, "lora_alpha": 16}, "aggressive": {"lora_r": 128, "lora_alpha": 32}}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class SFTStageConfig:
+    model: str = field(default="", metadata=_help("base model: hub id, local dir or .gguf file"))
+    train_file: str = field(default="", metadata=_help("JSONL of {id, question, answer}"))
+    output_dir: str = field(default="runs/sft", metadata=_help("adapter, tokenizer, manifest and checkpoints"))
+    eval_file: str | None = field(default=None, metadata=_help("optional JSONL scored for eval loss"))
+    preset: Literal["default", "aggressive"] = field(
+        default="default", metadata=_help("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
+    )
+    lora_r: int | None = field(default=None, metadata=_help("overrides the preset"))
+    lora_alpha: int | None = field(default=None, metadata=_help("overrides the preset"))
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    quantization: Literal["none", "4bit", "8bit"] = field(
+        default="none", metadata=_help("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
+    )
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: epochs decide)"))
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    max_length: int = 1024
+    warmup_steps: float = field(default=0.03, metadata=_help("warmup: steps if >= 1, else a fraction of all steps"))
+    lr_scheduler_type: str = "linear"
+    max_examples: int | None = field(default=None, metadata=_help("use only the first N records"))
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = False
+    max_nonfinite_steps: int = field(default=10, metadata=_help("abort after more skipped non-finite steps"))
+    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+
+    def __post_init__(self):
+        preset = PRESETS[self.preset]
+        self.lora_r = self.lora_r or preset["lora_r"]
+        self.lora_alpha = self.lora_alpha or preset["lora_alpha"]
+        if not self.model or not self.train_file:
+            raise ValueError("model and train_file are required")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+    }
+
+
+def prompt_completion_rows(records: list[dict], tokenizer) -> list[dict]:
+    return [
+        {"prompt": build_prompt(r["question"], tokenizer), "completion": solution_target(r["answer"])} for r in records
+    ]
+
+
+def lora_config(config: SFTStageConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def training_precision() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def run_sft(config: SFTStageConfig) -> Path:
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights
+    from trainer.modeling import load_model, load_tokenizer
+
+    out = Path(config.output_dir)
+    checkpoints = out / "checkpoints"
+    records = read_jsonl(config.train_file)[: config.max_examples]
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, quantization=config.quantization)
+    train = Dataset.from_list(prompt_completion_rows(records, tokenizer))
+    evaluation = None
+    if config.eval_file:
+        evaluation = Dataset.from_list(prompt_completion_rows(read_jsonl(config.eval_file), tokenizer))
+
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        completion_only_loss=True,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        eval_strategy="epoch" if evaluation is not None else "no",
+        logging_nan_inf_filter=False,
+        **training_precision(),
+        **({"activation_checkpointing": True} if config.gradient_checkpointing else {}),
+    )
+    guard = NonFiniteGuard(config.max_nonfinite_steps)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[guard, JsonlMetrics(out / "metrics.jsonl")],
+    )
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    assert_finite_weights(trainer.model)
+    trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    manifest = {
+        "stage": "sft",
+        "config": dataclasses.asdict(config),
+        "train_file_sha256": file_sha256(config.train_file),
+        "examples": len(records),
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "nonfinite_skipped": guard.skipped,
+        "resumed_from": resume,
+        "versions": versions(),
+    }
+    (out / "looper_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
