@@ -1,0 +1,202 @@
+"""Generation engines behind one small interface: vLLM where present, HF transformers otherwise.
+
+Both take a whole batch of requests (every arm of every question) in one call; neither ever generates
+one sample at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger("looper.engines")
+
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    temperature: float
+    top_p: float
+    seed: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    completion_tokens: int
+
+
+class Engine(Protocol):
+    name: str
+    model_name: str
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]: ...
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus every chat end-of-turn token the vocabulary has (Qwen ends turns on <|im_end|>)."""
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids += [vocab[t] for t in STOP_TOKENS if t in vocab and vocab[t] not in ids]
+    return ids
+
+
+class HFEngine:
+    """transformers `generate`, left-padded and batched; rows sharing sampling settings share a call."""
+
+    name = "hf"
+
+    def __init__(self, model: str, *, base: str | None = None, max_batch_size: int = 64, dtype=None, device=None):
+        import torch
+
+        from trainer.modeling import load_model, load_tokenizer
+
+        self.model_name = model
+        self.tokenizer = load_tokenizer(model, base)
+        self.tokenizer.padding_side = "left"
+        loaded = load_model(model, base=base, dtype=dtype)
+        if hasattr(loaded, "merge_and_unload"):  # generate from merged weights: no LoRA overhead per token
+            loaded = loaded.merge_and_unload()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = loaded.to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        import torch
+
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[(r.temperature, r.top_p, r.seed, r.max_new_tokens)].append(i)
+        out: list[Generation | None] = [None] * len(requests)
+        for (temperature, top_p, seed, max_new_tokens), indices in groups.items():
+            # similar lengths together: less padding, and a fixed order for a given batch
+            indices = sorted(indices, key=lambda i: (len(requests[i].prompt), i))
+            torch.manual_seed(seed)
+            for start in range(0, len(indices), self.max_batch_size):
+                chunk = indices[start : start + self.max_batch_size]
+                texts = self._generate_chunk([requests[i].prompt for i in chunk], temperature, top_p, max_new_tokens)
+                for i, generation in zip(chunk, texts, strict=True):
+                    out[i] = generation
+        return out
+
+    def _generate_chunk(self, prompts: list[str], temperature: float, top_p: float, max_new_tokens: int):
+        import torch
+
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        )
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch,
+                **sampling,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+        results = []
+        for row in new_tokens:
+            length = next((k for k, t in enumerate(row) if t in self.stop_ids), len(row))
+            results.append(Generation(self.tokenizer.decode(row[:length], skip_special_tokens=True), length))
+        return results
+
+
+class VLLMEngine:
+    """vLLM's offline `LLM.generate`: one call for the whole batch, per-request SamplingParams and seeds."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base: str | None = None,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+    ):
+        from vllm import LLM
+
+        from trainer.modeling import resolve_source
+
+        source = resolve_source(model, base)
+        self.model_name = model
+        self.lora = None
+        kwargs = {
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "enforce_eager": enforce_eager,
+        }
+        if data_parallel_size > 1:
+            kwargs["data_parallel_size"] = data_parallel_size
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if source.kind == "adapter":
+            from peft import LoraConfig
+            from vllm.lora.request import LoRARequest
+
+            rank = LoraConfig.from_pretrained(source.path).r
+            kwargs.update(enable_lora=True, max_lora_rank=max(16, rank))
+            self.lora = LoRARequest("adapter", 1, source.path)
+            target = source.base
+        elif source.kind == "gguf":
+            target = f"{source.path}/{source.gguf_file}"
+        else:
+            target = source.path
+        self.llm = LLM(model=target, **kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                temperature=r.temperature,
+                top_p=r.top_p if r.temperature > 0 else 1.0,
+                seed=r.seed,
+                max_tokens=r.max_new_tokens,
+                stop_token_ids=self.stop_ids,
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate([r.prompt for r in requests], params, lora_request=self.lora, use_tqdm=False)
+        return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
+
+
+def make_engine(kind: str, model: str, **kwargs) -> Engine:
+    """`auto` picks vLLM when it is installed and a GPU is present, else HF transformers."""
+    if kind == "auto":
+        import importlib.util
+
+        import torch
+
+        kind = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+    if kind == "vllm":
+        return VLLMEngine(model, **{k: v for k, v in kwargs.items() if k in VLLM_OPTIONS})
+    if kind == "hf":
+        return HFEngine(model, **{k: v for k, v in kwargs.items() if k in HF_OPTIONS})
+    raise ValueError(f"unknown engine {kind!r}: use auto, vllm or hf")
+
+
+HF_OPTIONS = {"base", "max_batch_size", "dtype", "device"}
+VLLM_OPTIONS = {
+    "base",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "dtype",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "enforce_eager",
+}

@@ -1,0 +1,285 @@
+"""Rollouts: every arm of every question generated in one engine call per batch, scored over HTTP.
+
+Durability: generated groups go to a spool file (fsync) before they are scored; scored records are
+appended to the output (fsync) and only then dropped from the spool. A restart skips question ids already
+in the output and scores what the spool holds first, so a kill -9 or a service outage loses nothing and
+redoes nothing that was finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from rollout_worker.client import ClientConfig, ServiceClient, ServiceUnavailable
+from rollout_worker.engines import Engine, GenerationRequest, make_engine
+from shared_schemas.models import (
+    ArmSpec,
+    PromptQuestion,
+    RolloutRecord,
+    RolloutTrajectory,
+    SamplingInfo,
+    ScoreRequest,
+    ScoreResponse,
+    Trajectory,
+)
+from trainer.data import read_jsonl
+from trainer.prompts import render_chat
+
+log = logging.getLogger("looper.rollouts")
+TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
+PROMPT_CHUNK = 128
+
+
+@dataclass
+class RolloutConfig:
+    questions_file: str = field(default="", metadata={"help": "JSONL of {id, question, answer}"})
+    output_file: str = field(default="runs/rollouts.jsonl", metadata={"help": "one scored record per question"})
+    model: str = field(default="", metadata={"help": "hub id, local dir, .gguf, LoRA adapter dir or merged dir"})
+    base: str | None = field(default=None, metadata={"help": "base model of an adapter (default: its recorded base)"})
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    service_url: str = "http://127.0.0.1:8000"
+    token_file: str | None = field(default=None, metadata={"help": f"bearer token file (default: ${TOKEN_ENV})"})
+    max_questions: int = 500
+    batch_size: int = field(default=16, metadata={"help": "questions per engine call (x every arm)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the arms' max_new_tokens"})
+    label_free: bool = field(default=False, metadata={"help": "send no gold answers (majority pseudo-labels)"})
+    max_batch_size: int = field(default=64, metadata={"help": "HF engine: rows per generate call"})
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    score_chunk: int = field(default=32, metadata={"help": "groups per /v1/score/batch call"})
+    service_wait_s: float = field(default=600.0, metadata={"help": "how long to wait for a down service at the end"})
+
+    def __post_init__(self):
+        if not self.questions_file or not self.model:
+            raise ValueError("questions_file and model are required")
+
+
+# --- durable JSONL files ---------------------------------------------------------------------------
+
+
+def read_complete_lines(path: Path) -> list[dict]:
+    """Rows of a JSONL file written by this module; a torn last line (killed mid-write) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a torn last line of %d bytes", path, len(data) - end)
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+
+def append_lines(path: Path, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(row + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite_lines(path: Path, rows: list[str]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(row + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+# --- building records --------------------------------------------------------------------------------
+
+
+def build_record(group: dict, result: ScoreResponse, model: str, engine: str) -> RolloutRecord:
+    request = ScoreRequest.model_validate(group["request"])
+    trajectories = [
+        RolloutTrajectory(
+            arm_name=t.arm_name,
+            text=t.text,
+            answer=s.answer,
+            correct=s.correct,
+            reward=s.reward,
+            quality=s.quality,
+            coherence=s.coherence,
+            completion_tokens=meta["completion_tokens"],
+            sampling=SamplingInfo(**meta["sampling"]),
+        )
+        for t, s, meta in zip(request.trajectories, result.trajectories, group["meta"], strict=True)
+    ]
+    return RolloutRecord(
+        question_id=request.question_id,
+        question=request.question,
+        gold_answer=request.gold_answer,
+        trajectories=trajectories,
+        s_end=result.s_end,
+        s_path=result.s_path,
+        s_cf=result.s_cf,
+        s_wm=result.s_wm,
+        group_reward=result.group_reward,
+        label_source=result.label_source,
+        scorer_version=result.scorer_version,
+        weights=result.weights,
+        model=model,
+        engine=engine,
+    )
+
+
+class RolloutRun:
+    def __init__(self, config: RolloutConfig, engine: Engine, client: ServiceClient):
+        self.config, self.engine, self.client = config, engine, client
+        self.output = Path(config.output_file)
+        self.spool = self.output.with_name(self.output.name + ".spool")
+        self.metrics = self.output.with_name(self.output.name + ".metrics.jsonl")
+
+    async def score_spool(self, wait: bool) -> int:
+        """Score every spooled group; on an outage keep them (wait=False) or wait for the service (True)."""
+        scored = 0
+        deadline = time.monotonic() + self.config.service_wait_s
+        while pending := read_complete_lines(self.spool):
+            chunk = pending[: self.config.score_chunk]
+            try:
+                results = await self.client.score_batch([ScoreRequest.model_validate(g["request"]) for g in chunk])
+            except ServiceUnavailable as exc:
+                if not wait:
+                    log.warning("service unavailable; %d groups kept in %s (%s)", len(pending), self.spool, exc)
+                    return scored
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable(
+                        f"{exc}. {len(pending)} generated groups are kept in {self.spool}; rerun to score them"
+                    ) from None
+                log.warning("service unavailable; waiting for it (%d groups spooled)", len(pending))
+                await asyncio.sleep(2.0)
+                continue
+            records = [
+                build_record(g, r, self.config.model, self.engine.name) for g, r in zip(chunk, results, strict=True)
+            ]
+            append_lines(self.output, [r.model_dump_json() for r in records])
+            rewrite_lines(self.spool, [json.dumps(g) for g in pending[len(chunk) :]])
+            scored += len(records)
+        return scored
+
+    def groups_for(self, batch: list[dict], prompts: dict[str, dict[str, tuple[str, str]]], arms: list[ArmSpec]):
+        tokenizer = self.engine.tokenizer
+        requests, layout = [], []
+        for q in batch:
+            for arm in arms:
+                system, user = prompts[q["id"]][arm.name]
+                max_new = self.config.max_new_tokens or arm.max_new_tokens
+                requests.append(
+                    GenerationRequest(
+                        render_chat(system, user, tokenizer), arm.temperature, arm.top_p, arm.seed, max_new
+                    )
+                )
+                layout.append((q, arm, max_new))
+        return requests, layout
+
+    async def run(self, questions: list[dict]) -> dict:
+        arm_set = await self.client.arms()
+        arms = list(arm_set.arms)
+        scored_before = await self.score_spool(wait=False)
+        done = {r["question_id"] for r in read_complete_lines(self.output)}
+        spooled = {g["request"]["question_id"] for g in read_complete_lines(self.spool)}
+        todo = [q for q in questions if q["id"] not in done and q["id"] not in spooled]
+        log.info(
+            "%d questions: %d done, %d spooled, %d to generate", len(questions), len(done), len(spooled), len(todo)
+        )
+
+        prompts: dict[str, dict[str, tuple[str, str]]] = {}
+        for start in range(0, len(todo), PROMPT_CHUNK):
+            chunk = todo[start : start + PROMPT_CHUNK]
+            rendered = await self.client.prompts(
+                [PromptQuestion(question_id=q["id"], question=q["question"]) for q in chunk]
+            )
+            for qp in rendered.questions:
+                prompts[qp.question_id] = {p.arm_name: (p.system, p.user) for p in qp.prompts}
+
+        tokens, started = 0, time.monotonic()
+        bar = tqdm(total=len(todo), desc="rollouts", unit="q")
+        for start in range(0, len(todo), self.config.batch_size):
+            batch = todo[start : start + self.config.batch_size]
+            requests, layout = self.groups_for(batch, prompts, arms)
+            t0 = time.monotonic()
+            generations = self.engine.generate(requests)
+            gen_seconds = time.monotonic() - t0
+            groups: dict[str, dict] = {}
+            for (q, arm, max_new), gen in zip(layout, generations, strict=True):
+                group = groups.setdefault(
+                    q["id"],
+                    {
+                        "request": {
+                            "question_id": q["id"],
+                            "question": q["question"],
+                            "gold_answer": None if self.config.label_free else q["answer"],
+                            "trajectories": [],
+                        },
+                        "meta": [],
+                    },
+                )
+                group["request"]["trajectories"].append(Trajectory(arm_name=arm.name, text=gen.text).model_dump())
+                sampling = {
+                    "temperature": arm.temperature,
+                    "top_p": arm.top_p,
+                    "seed": arm.seed,
+                    "max_new_tokens": max_new,
+                }
+                group["meta"].append({"completion_tokens": gen.completion_tokens, "sampling": sampling})
+            append_lines(self.spool, [json.dumps(g) for g in groups.values()])
+            batch_tokens = sum(g.completion_tokens for g in generations)
+            tokens += batch_tokens
+            await self.score_spool(wait=False)
+            elapsed = time.monotonic() - started
+            bar.update(len(batch))
+            bar.set_postfix(q_per_s=f"{bar.n / elapsed:.2f}", tok_per_s=f"{tokens / elapsed:.0f}")
+            append_lines(
+                self.metrics,
+                [
+                    json.dumps(
+                        {
+                            "questions": len(batch),
+                            "trajectories": len(generations),
+                            "completion_tokens": batch_tokens,
+                            "generate_seconds": round(gen_seconds, 3),
+                            "tokens_per_second": round(batch_tokens / max(gen_seconds, 1e-9), 1),
+                        }
+                    )
+                ],
+            )
+        bar.close()
+        await self.score_spool(wait=True)
+        total = len({r["question_id"] for r in read_complete_lines(self.output)})
+        return {
+            "records": total,
+            "generated": len(todo),
+            "scored_from_earlier_spool": scored_before,
+            "completion_tokens": tokens,
+        }
+
+
+def read_token(config: RolloutConfig) -> str | None:
+    if config.token_file:
+        return Path(config.token_file).read_text().strip()
+    return os.environ.get(TOKEN_ENV)
+
+
+def run_rollouts(config: RolloutConfig, engine: Engine | None = None) -> dict:
+    questions = read_jsonl(config.questions_file, required=("id", "question", "answer"))[: config.max_questions]
+    options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
+    engine = engine or make_engine(config.engine, config.model, **options)
+    client_config = ClientConfig(url=config.service_url, token=read_token(config))
+
+    async def main() -> dict:
+        async with ServiceClient(client_config) as client:
+            return await RolloutRun(config, engine, client).run(questions)
+
+    return asyncio.run(main())

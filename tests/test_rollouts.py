@@ -1,0 +1,130 @@
+"""The rollout worker for real: HF engine on a tiny model, the real service on 127.0.0.1, kills and outages."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from looper.local_service import free_port, local_service
+from rollout_worker.engines import GenerationRequest, HFEngine
+from rollout_worker.worker import RolloutConfig, read_complete_lines, run_rollouts
+from trainer.data import generated_records, write_jsonl
+
+REGIME_W_ARMS = [
+    *(f"wolfram_{k}" for k in range(4)),
+    *(f"maudlin_{k}" for k in range(4)),
+    "wolfram_standard",
+    "wolfram_rephrase",
+    "maudlin_cf1",
+]
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("questions") / "questions.jsonl"
+    write_jsonl(path, generated_records(40, seed=11))
+    return path
+
+
+def rollout_args(model, questions, output, url, n, extra=()):
+    return [
+        sys.executable, "-m", "looper.cli", "rollouts", "--engine", "hf", "--model", str(model),
+        "--questions-file", str(questions), "--output-file", str(output), "--service-url", url,
+        "--max-questions", str(n), "--batch-size", "2", "--max-new-tokens", "48", *extra,
+    ]  # fmt: skip
+
+
+def records_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_arm_of_every_question_is_scored(format_model, questions, regime_w_service, tmp_path):
+    config = RolloutConfig(
+        questions_file=str(questions),
+        output_file=str(tmp_path / "rollouts.jsonl"),
+        model=str(format_model),
+        engine="hf",
+        service_url=regime_w_service.url,
+        token_file=None,
+        max_questions=12,
+        batch_size=6,
+        max_new_tokens=200,
+    )
+    os.environ["LOOPER_SERVICE_TOKEN"] = regime_w_service.token
+    try:
+        summary = run_rollouts(config)
+    finally:
+        del os.environ["LOOPER_SERVICE_TOKEN"]
+    records = records_of(tmp_path / "rollouts.jsonl")
+    assert summary["records"] == 12 and len(records) == 12
+    for record in records:
+        assert [t["arm_name"] for t in record["trajectories"]] == REGIME_W_ARMS
+        assert record["scorer_version"].startswith("regime-w") and record["engine"] == "hf"
+        assert all(t["sampling"]["seed"] is not None and t["completion_tokens"] > 0 for t in record["trajectories"])
+    assert len({r["s_path"] for r in records}) > 1
+    assert len({r["s_cf"] for r in records}) > 1
+    assert any(t["answer"] is not None for r in records for t in r["trajectories"])
+    metrics = read_complete_lines(tmp_path / "rollouts.jsonl.metrics.jsonl")
+    assert sum(m["questions"] for m in metrics) == 12 and all(m["tokens_per_second"] > 0 for m in metrics)
+
+
+def test_hf_engine_batches_by_sampling_settings_and_is_reproducible(tiny_model):
+    engine = HFEngine(str(tiny_model), max_batch_size=4)
+    requests = [GenerationRequest(f"Problem {i}: 3 + {i} =", 0.7, 0.9, 42 + i % 2, 12) for i in range(6)]
+    requests.append(GenerationRequest("Greedy: 1 + 1 =", 0.0, 1.0, 0, 12))
+    first, second = engine.generate(requests), engine.generate(requests)
+    assert [g.text for g in first] == [g.text for g in second]
+    assert len(first) == 7 and all(0 < g.completion_tokens <= 12 for g in first)
+
+
+def test_a_killed_run_resumes_without_losing_or_redoing_work(tiny_model, questions, stub_service, tmp_path):
+    output = tmp_path / "rollouts.jsonl"
+    env = {**os.environ, "LOOPER_SERVICE_TOKEN": stub_service.token, "HF_HUB_OFFLINE": "1"}
+    args = rollout_args(tiny_model, questions, output, stub_service.url, 30)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (output.exists() and len(output.read_text().splitlines()) >= 4):
+        assert process.poll() is None, "finished before it could be killed: make the run longer"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written_before = len(read_complete_lines(output))
+    assert 4 <= written_before < 30
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ids = [r["question_id"] for r in records_of(output)]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["generated"] + summary["scored_from_earlier_spool"] <= 30 - written_before + 2
+
+
+def test_a_service_outage_mid_run_loses_nothing(tiny_model, questions, tmp_path):
+    output = tmp_path / "rollouts.jsonl"
+    port, token = free_port(), "outage-test-token-0123456789"
+    env = {**os.environ, "LOOPER_SERVICE_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    args = rollout_args(tiny_model, questions, output, f"http://127.0.0.1:{port}", 24, ["--service-wait-s", "120"])
+    with local_service(stub=True, port=port, token=token):
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (output.exists() and len(output.read_text().splitlines()) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    spool = tmp_path / "rollouts.jsonl.spool"
+    deadline = time.monotonic() + 60
+    while not (spool.exists() and read_complete_lines(spool)):  # generation goes on while the service is down
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    with local_service(stub=True, port=port, token=token):
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    ids = Counter(r["question_id"] for r in records_of(output))
+    assert len(ids) == 24 and set(ids.values()) == {1}
+    assert read_complete_lines(spool) == []
