@@ -127,6 +127,12 @@ def cmd_rollouts(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from trainer.modeling import convert_to_dir
+
+    print(f"model saved to {convert_to_dir(args.model, args.output_dir, args.dtype)}")
+
+
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -185,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollouts = sub.add_parser("rollouts", help="sample every arm of each question, score over HTTP, write JSONL")
     add_config_args(rollouts, RolloutConfig)
     rollouts.set_defaults(func=cmd_rollouts)
+
+    convert = sub.add_parser("convert", help="save any model source (e.g. a .gguf file) as a safetensors dir")
+    convert.add_argument("--model", required=True)
+    convert.add_argument("--output-dir", required=True)
+    convert.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    convert.set_defaults(func=cmd_convert)
 
     merge = sub.add_parser("merge", help="fold a LoRA adapter into a full checkpoint, verified by logits")
     add_config_args(merge, MergeConfig)

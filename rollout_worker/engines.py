@@ -46,8 +46,42 @@ def stop_token_ids(tokenizer) -> list[int]:
     return ids
 
 
+class PerRowSampling:
+    """A logits processor giving every row of a batch its own temperature and top-p (0 = greedy).
+
+    transformers' `generate` takes one temperature and top_p per call; with this, every arm of every
+    question shares one batched call instead of one call per arm.
+    """
+
+    def __init__(self, temperatures, top_ps):
+        import torch
+
+        self.greedy = temperatures <= 0
+        self.temperatures = torch.where(self.greedy, torch.ones_like(temperatures), temperatures)[:, None]
+        self.top_ps = top_ps[:, None]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores / self.temperatures.to(scores.dtype)
+        sorted_scores, order = scores.sort(dim=-1)
+        # drop the low tail whose total probability is under 1 - top_p; the top token always stays
+        drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_ps
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        if self.greedy.any():
+            best = scores.argmax(dim=-1, keepdim=True)
+            only_best = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
+            scores = torch.where(self.greedy[:, None], only_best, scores)
+        return scores
+
+
 class HFEngine:
-    """transformers `generate`, left-padded and batched; rows sharing sampling settings share a call."""
+    """transformers `generate`, left-padded, sorted by prompt length, every arm in the same call.
+
+    Sampling is seeded per call (the chunk's first seed), so a rollout is reproducible for the same
+    batch composition; vLLM seeds each request on its own.
+    """
 
     name = "hf"
 
@@ -68,41 +102,45 @@ class HFEngine:
         self.stop_ids = stop_token_ids(self.tokenizer)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        import torch
-
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        by_length: dict[int, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[(r.temperature, r.top_p, r.seed, r.max_new_tokens)].append(i)
+            by_length[r.max_new_tokens].append(i)
         out: list[Generation | None] = [None] * len(requests)
-        for (temperature, top_p, seed, max_new_tokens), indices in groups.items():
-            # similar lengths together: less padding, and a fixed order for a given batch
-            indices = sorted(indices, key=lambda i: (len(requests[i].prompt), i))
-            torch.manual_seed(seed)
+        for max_new_tokens, indices in by_length.items():
+            # similar prompt lengths together: less padding, and a fixed order for a given batch
+            indices.sort(key=lambda i: (len(requests[i].prompt), i))
             for start in range(0, len(indices), self.max_batch_size):
                 chunk = indices[start : start + self.max_batch_size]
-                texts = self._generate_chunk([requests[i].prompt for i in chunk], temperature, top_p, max_new_tokens)
-                for i, generation in zip(chunk, texts, strict=True):
+                for i, generation in zip(
+                    chunk, self._generate_chunk([requests[i] for i in chunk], max_new_tokens), strict=True
+                ):
                     out[i] = generation
         return out
 
-    def _generate_chunk(self, prompts: list[str], temperature: float, top_p: float, max_new_tokens: int):
+    def _generate_chunk(self, chunk: list[GenerationRequest], max_new_tokens: int) -> list[Generation]:
         import torch
 
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        batch = self.tokenizer([r.prompt for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.device)
+        sampling = PerRowSampling(
+            torch.tensor([r.temperature for r in chunk], device=self.device),
+            torch.tensor([r.top_p for r in chunk], device=self.device),
         )
+        torch.manual_seed(chunk[0].seed)
         with torch.inference_mode():
             output = self.model.generate(
                 **batch,
-                **sampling,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                logits_processor=[sampling],
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         results = []
-        for row in new_tokens:
+        for row in output[:, batch["input_ids"].shape[1] :].tolist():
             length = next((k for k, t in enumerate(row) if t in self.stop_ids), len(row))
             results.append(Generation(self.tokenizer.decode(row[:length], skip_special_tokens=True), length))
         return results
@@ -177,16 +215,19 @@ class VLLMEngine:
 
 def make_engine(kind: str, model: str, **kwargs) -> Engine:
     """`auto` picks vLLM when it is installed and a GPU is present, else HF transformers."""
+    import torch
+
     if kind == "auto":
         import importlib.util
-
-        import torch
 
         kind = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
     if kind == "vllm":
         return VLLMEngine(model, **{k: v for k, v in kwargs.items() if k in VLLM_OPTIONS})
     if kind == "hf":
-        return HFEngine(model, **{k: v for k, v in kwargs.items() if k in HF_OPTIONS})
+        options = {k: v for k, v in kwargs.items() if k in HF_OPTIONS}
+        if isinstance(options.get("dtype"), str):
+            options["dtype"] = None if options["dtype"] == "auto" else getattr(torch, options["dtype"])
+        return HFEngine(model, **options)
     raise ValueError(f"unknown engine {kind!r}: use auto, vllm or hf")
 
 

@@ -52,6 +52,10 @@ class RolloutConfig:
     batch_size: int = field(default=16, metadata={"help": "questions per engine call (x every arm)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "override the arms' max_new_tokens"})
     label_free: bool = field(default=False, metadata={"help": "send no gold answers (majority pseudo-labels)"})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "auto: bf16 on GPUs, fp32 on CPU"}
+    )
+    enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no CUDA graphs (needed on CPU builds)"})
     max_batch_size: int = field(default=64, metadata={"help": "HF engine: rows per generate call"})
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1

@@ -128,3 +128,15 @@ def test_a_service_outage_mid_run_loses_nothing(tiny_model, questions, tmp_path)
     ids = Counter(r["question_id"] for r in records_of(output))
     assert len(ids) == 24 and set(ids.values()) == {1}
     assert read_complete_lines(spool) == []
+
+
+def test_per_row_sampling_gives_each_row_its_own_temperature_and_top_p():
+    import torch
+
+    from rollout_worker.engines import PerRowSampling
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    out = PerRowSampling(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.7, 1.0]))(None, scores.clone())
+    assert torch.isfinite(out[0]).tolist() == [True, False, False, False]  # greedy: the argmax alone
+    assert torch.isfinite(out[1]).tolist() == [True, True, False, False]  # 0.5 + 0.3 covers top_p 0.7
+    assert torch.allclose(out[2], scores[2] / 2.0)  # temperature 2, no truncation

@@ -131,7 +131,7 @@ def load_model(
     quant = _quantization_config(quantization, dtype)
     if quant is not None:
         if source.kind == "gguf":
-            raise ModelSourceError("quantise a GGUF model by first saving it as a model dir (looper merge / convert)")
+            raise ModelSourceError("quantise a GGUF model by first saving it as a model dir (looper convert)")
         kwargs["quantization_config"] = quant
     if source.kind == "gguf":
         kwargs["gguf_file"] = source.gguf_file
@@ -144,3 +144,16 @@ def load_model(
         model.hf_quantizer.remove_quantization_config(model)
         model.to(dtype)
     return model
+
+
+def convert_to_dir(spec: str, output_dir: str | Path, dtype: str = "bfloat16") -> Path:
+    """Save any loadable model (e.g. a GGUF file, dequantised) as a plain safetensors model dir."""
+    import torch
+
+    out = Path(output_dir)
+    model = load_model(spec, dtype=getattr(torch, dtype))
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(spec).save_pretrained(out)
+    return out
