@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 
@@ -24,10 +26,14 @@ from shared_schemas.models import (
     BatchScoreRequest,
     BatchScoreResponse,
     ErrorResponse,
+    OpenRLHFExtraLogs,
+    OpenRLHFRewardRequest,
+    OpenRLHFRewardResponse,
     PromptsRequest,
     PromptsResponse,
     ScoreRequest,
     ScoreResponse,
+    Trajectory,
 )
 
 log = logging.getLogger("looper.service")
@@ -222,6 +228,79 @@ def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
                 )
 
 
+# Special tokens a response may end with: OpenRLHF decodes prompt + response with skip_special_tokens=False.
+_END_TOKEN = re.compile(r"(?:<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>\s]{1,40}\uff5c>|</s>)\Z")
+
+
+def strip_end_tokens(text: str) -> str:
+    """Drop trailing special tokens and whitespace (linear: each search looks at a short tail only)."""
+    end = len(text)
+    while True:
+        while end and text[end - 1].isspace():
+            end -= 1
+        match = _END_TOKEN.search(text, max(0, end - 48), end)
+        if match is None:
+            return text[:end]
+        end = match.start()
+
+
+def openrlhf_groups(
+    request: OpenRLHFRewardRequest, settings: ServiceSettings
+) -> tuple[list[ScoreRequest], list[tuple[int, int]]]:
+    """OpenRLHF's samples as Regime W groups, one per (prompt, label), and each sample's (group, index) in them.
+
+    A sample's solution is its query after the prompt (the whole query when the prompt is not in it, as after
+    OpenRLHF truncated a long prompt), less trailing special tokens.
+    """
+    members: dict[tuple[str, str | None], list[int]] = {}
+    for i, (prompt, label) in enumerate(zip(request.prompts, request.labels, strict=True)):
+        gold = None if label is None or (isinstance(label, str) and not label.strip()) else str(label)
+        members.setdefault((prompt, gold), []).append(i)
+    if len(members) > settings.max_batch_groups:
+        raise HTTPException(
+            422, f"{len(members)} distinct prompts in one call; the limit is {settings.max_batch_groups}"
+        )
+    groups, positions = [], [(0, 0)] * len(request.query)
+    for g, ((prompt, gold), indices) in enumerate(members.items()):
+        if len(indices) > settings.max_group_size:
+            raise HTTPException(
+                422,
+                f"{len(indices)} samples of one prompt (sample {indices[0]}); the limit is {settings.max_group_size}",
+            )
+        trajectories = []
+        for k, i in enumerate(indices):
+            query = request.query[i]
+            start = query.find(prompt)  # 0 as a rule; later when the decode added a BOS marker in front
+            solution = strip_end_tokens(query[start + len(prompt) :] if start >= 0 else query)
+            if len(solution) > settings.max_text_chars:
+                raise HTTPException(
+                    422, f"sample {i}: response of {len(solution)} characters; the limit is {settings.max_text_chars}"
+                )
+            trajectories.append(Trajectory(arm_name=f"sample_{k}", text=solution))
+            positions[i] = (g, k)
+        question_id = "openrlhf-" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        groups.append(
+            ScoreRequest(question_id=question_id, question=prompt, gold_answer=gold, trajectories=trajectories)
+        )
+    return groups, positions
+
+
+def openrlhf_response(results: list[ScoreResponse], positions: list[tuple[int, int]]) -> OpenRLHFRewardResponse:
+    samples = [results[g].trajectories[k] for g, k in positions]
+    correct = [1.0 if t.correct else 0.0 for t in samples]
+    return OpenRLHFRewardResponse(
+        rewards=[t.reward for t in samples],
+        scores=correct,
+        extra_logs=OpenRLHFExtraLogs(
+            s_end=[t.s_end for t in samples],
+            s_path=[t.s_path for t in samples],
+            s_cf=[t.s_cf for t in samples],
+            s_wm=[t.coherence for t in samples],
+            correct=correct,
+        ),
+    )
+
+
 def bearer_auth(settings: ServiceSettings):
     scheme = HTTPBearer(auto_error=False, description="LOOPER_SERVICE_TOKEN")
     if not settings.require_auth:
@@ -312,6 +391,21 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             return None
         return json_response(BatchScoreResponse(results=results))
 
+    @app.post("/v1/openrlhf/reward", response_model=OpenRLHFRewardResponse, dependencies=auth, responses=_ERRORS)
+    async def openrlhf_reward(request: OpenRLHFRewardRequest) -> Response:
+        """OpenRLHF's remote reward call: samples grouped by prompt, each group scored as one Regime W group."""
+        groups, positions = openrlhf_groups(request, settings)
+        return json_response(openrlhf_response(await run_scorer(groups), positions))
+
+    async def fast_openrlhf_reward(body: bytes) -> Response | None:
+        try:
+            request = OpenRLHFRewardRequest.model_validate_json(body)
+            groups, positions = openrlhf_groups(request, settings)
+            results = await run_scorer(groups)
+        except (ValidationError, HTTPException):
+            return None
+        return json_response(openrlhf_response(results, positions))
+
     @app.get("/v1/arms", response_model=ArmSet, dependencies=auth, responses=_ERRORS)
     async def arms() -> Response:
         """The arm specs: prompts, temperature, top_p, seed per arm."""
@@ -340,7 +434,11 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
 
     metrics = Metrics(scorer)
     routes = {r.path for r in app.routes}
-    fast_routes = {"/v1/score": fast_score, "/v1/score/batch": fast_score_batch}
+    fast_routes = {
+        "/v1/score": fast_score,
+        "/v1/score/batch": fast_score_batch,
+        "/v1/openrlhf/reward": fast_openrlhf_reward,
+    }
     token = settings.token.get_secret_value() if settings.require_auth else None
     app.add_middleware(ScoringFastPath, handlers=fast_routes, token=token)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

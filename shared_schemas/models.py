@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Hard caps of the contract. A service may enforce tighter limits of its own (its settings).
 MAX_ID_CHARS = 128
@@ -175,6 +175,64 @@ class ErrorResponse(Strict):
     detail: str | list[dict]
 
 
+# --- engine adapters ------------------------------------------------------------------------------
+
+# OpenRLHF's remote reward call (`--reward.remote_url`): openrlhf/utils/agent.py posts
+# {"query", "prompts", "labels"} and reads back {"rewards", "scores", "extra_logs"}.
+MAX_RL_SAMPLES = 8_192
+RLPrompt = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
+RLQuery = Annotated[str, Field(strict=True, max_length=MAX_QUESTION_CHARS + MAX_TEXT_CHARS)]
+RLLabel = (
+    Annotated[str, Field(strict=True, max_length=MAX_GOLD_CHARS)]
+    | Annotated[int, Field(strict=True, ge=-(10**15), le=10**15)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    | None
+)
+
+
+class OpenRLHFRewardRequest(Strict):
+    """OpenRLHF's remote reward request: one entry per sample, the three lists of equal length."""
+
+    query: list[RLQuery] = Field(
+        min_length=1, max_length=MAX_RL_SAMPLES, description="Full decoded text: the prompt followed by the response."
+    )
+    prompts: list[RLPrompt] = Field(
+        min_length=1, max_length=MAX_RL_SAMPLES, description="The prompt of each sample (its query's prefix)."
+    )
+    labels: list[RLLabel] = Field(
+        min_length=1,
+        max_length=MAX_RL_SAMPLES,
+        description="Gold answer per sample (GSM8K solution or a number); null or '' scores label-free.",
+    )
+
+    @model_validator(mode="after")
+    def _equal_lengths(self) -> OpenRLHFRewardRequest:
+        if not len(self.query) == len(self.prompts) == len(self.labels):
+            raise ValueError(
+                f"query, prompts and labels must have equal lengths; got {len(self.query)}, "
+                f"{len(self.prompts)}, {len(self.labels)}"
+            )
+        return self
+
+
+class OpenRLHFExtraLogs(Strict):
+    """Per-sample values OpenRLHF logs (each list in request order)."""
+
+    s_end: list[Unit]
+    s_path: list[Unit]
+    s_cf: list[Unit]
+    s_wm: list[Unit] = Field(description="The sample's own coherence (its s_wm_i).")
+    correct: list[Unit] = Field(description="1.0 when the sample's answer equals the reference, else 0.0.")
+
+
+class OpenRLHFRewardResponse(Strict):
+    rewards: list[float] = Field(description="Regime W per-trajectory reward, the training signal.")
+    scores: list[Unit] = Field(
+        description="Correctness (1.0/0.0): what OpenRLHF's dynamic filtering averages per prompt, range (0, 1)."
+    )
+    extra_logs: OpenRLHFExtraLogs
+
+
 # --- records written by the clients ------------------------------------------------------------
 
 
@@ -244,6 +302,8 @@ CONTRACT_MODELS: dict[str, type[BaseModel]] = {
     "ScoringWeights": ScoringWeights,
     "RolloutRecord": RolloutRecord,
     "PreferencePair": PreferencePair,
+    "OpenRLHFRewardRequest": OpenRLHFRewardRequest,
+    "OpenRLHFRewardResponse": OpenRLHFRewardResponse,
 }
 
 

@@ -1,0 +1,324 @@
+"""The engine adapters against the real services, called exactly as the engines call them.
+
+OpenRLHF (openrlhf/utils/agent.py, SingleTurnAgentExecutor._fetch_rewards_via_http): aiohttp
+`session.post(url, json={"query": [...], "prompts": [...], "labels": [...]})`, the lists sliced per reward
+server, `query` = tokenizer.decode(prompt + response tokens, skip_special_tokens=False); it reads back
+`rewards`, `scores` (falling back to `rewards`) and `extra_logs`. The current version sends one sample
+per call; the earlier one (openrlhf/utils/remote_rm_utils.py) sent the whole rollout batch, every prompt's
+n_samples_per_prompt responses next to each other, and concatenated each answer's lists.
+
+verl (verl/workers/reward_manager/batch.py, BatchRewardManager.verify): `compute_score(data_sources=<numpy
+object array>, solution_strs=<list of str>, ground_truths=<list>, extra_infos=<numpy object array of dicts>,
+**reward_kwargs)`, each row repeated n times next to each other (DataProto.repeat(interleave=True)); a dict
+result's "score" is the reward and every key is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from rollout_worker.verl_reward import compute_score
+from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
+
+ROUTE = "/v1/openrlhf/reward"
+TEMPLATE = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+QUESTIONS = [
+    {
+        "question": "Tom has 3 bags of 4 apples. How many apples does he have?",
+        "answer": "3 bags of 4 apples is 3 * 4 = <<3*4=12>>12 apples.\n#### 12",
+        "ground_truth": "12",
+        "responses": [
+            "3 bags with 4 apples each: 3 x 4 = 12.\nAnswer: 12",
+            "Three bags of four apples make twelve apples in all, so 12.\nThe answer is 12",
+            "3 + 4 = 7 apples.\nAnswer: 7",
+            "He has 4 x 4 = 16 apples.\nAnswer: 16",
+        ],
+    },
+    {
+        "question": "A shelf holds 5 rows of 6 books. 4 books are removed. How many books are left?",
+        "answer": "5 * 6 = <<5*6=30>>30 books; 30 - 4 = <<30-4=26>>26.\n#### 26",
+        "ground_truth": "26",
+        "responses": [
+            "5 rows of 6 is 30 books, minus 4 leaves 26.\nAnswer: 26",
+            "30 - 4 = 26\n#### 26",
+            "5 x 6 = 30 books.\nAnswer: 30",
+        ],
+    },
+]
+
+
+def post(service, body: bytes, token: str | None = "service", scheme: str = "Bearer") -> httpx.Response:
+    headers = {"Content-Type": "application/json"}  # what aiohttp's json= sets
+    token = service.token if token == "service" else token
+    if token:
+        headers["Authorization"] = f"{scheme} {token}"
+    return httpx.post(f"{service.url}{ROUTE}", content=body, headers=headers, timeout=30)
+
+
+def openrlhf_call(service, queries: list[str], prompts: list[str], labels: list) -> dict:
+    """One reward server, as SingleTurnAgentExecutor._fetch_rewards_via_http builds the payload."""
+    num_servers = 1
+    batch_size = (len(queries) + num_servers - 1) // num_servers
+    payload = {"query": queries[:batch_size], "prompts": prompts[:batch_size], "labels": labels[:batch_size]}
+    response = post(service, json.dumps(payload).encode())  # aiohttp serialises json= with json.dumps
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def rollout_batch(label_key: str = "answer") -> tuple[list[str], list[str], list]:
+    """(queries, prompts, labels) of a rollout batch: each prompt's responses next to each other."""
+    queries, prompts, labels = [], [], []
+    for q in QUESTIONS:
+        prompt = TEMPLATE.format(question=q["question"])
+        for text in q["responses"]:
+            queries.append(prompt + text + "<|im_end|>")  # the EOS token, decoded with skip_special_tokens=False
+            prompts.append(prompt)
+            labels.append(q[label_key] if label_key else "")
+    return queries, prompts, labels
+
+
+def scored_by_score_route(service, question: str, gold: str | None, responses: list[str]) -> ScoreResponse:
+    group = ScoreRequest(
+        question_id="reference",
+        question=question,
+        gold_answer=gold,
+        trajectories=[Trajectory(arm_name=f"sample_{k}", text=t) for k, t in enumerate(responses)],
+    )
+    with service.client() as client:
+        response = client.post(
+            "/v1/score", content=group.model_dump_json(), headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 200, response.text
+    return ScoreResponse.model_validate_json(response.content)
+
+
+def expected(service, label_key: str = "answer") -> list:
+    """Each sample's TrajectoryScore from /v1/score, in rollout-batch order."""
+    out = []
+    for q in QUESTIONS:
+        gold = q[label_key] if label_key else None
+        out += scored_by_score_route(
+            service, TEMPLATE.format(question=q["question"]), gold, q["responses"]
+        ).trajectories
+    return out
+
+
+def check_answer(answer: dict, reference: list, exact: bool = True) -> None:
+    """Equal to /v1/score's values; `exact=False` when a group's trajectories came in another order (float sums)."""
+    n = len(reference)
+    same = (lambda xs: xs) if exact else (lambda xs: pytest.approx(xs, rel=1e-12, abs=1e-12))
+    assert set(answer) == {"rewards", "scores", "extra_logs"}
+    assert set(answer["extra_logs"]) == {"s_end", "s_path", "s_cf", "s_wm", "correct"}
+    assert len(answer["rewards"]) == len(answer["scores"]) == n
+    assert all(len(v) == n and all(isinstance(x, float) for x in v) for v in answer["extra_logs"].values())
+    assert answer["rewards"] == same([t.reward for t in reference])
+    assert answer["scores"] == answer["extra_logs"]["correct"] == [float(t.correct) for t in reference]
+    assert answer["extra_logs"]["s_end"] == same([t.s_end for t in reference])
+    assert answer["extra_logs"]["s_path"] == same([t.s_path for t in reference])
+    assert answer["extra_logs"]["s_cf"] == same([t.s_cf for t in reference])
+    assert answer["extra_logs"]["s_wm"] == same([t.coherence for t in reference])
+
+
+# --- OpenRLHF ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_key", ["answer", "ground_truth"])
+def test_openrlhf_batch_call_scores_each_prompt_as_a_group(service, label_key):
+    queries, prompts, labels = rollout_batch(label_key)
+    answer = openrlhf_call(service, queries, prompts, labels)
+    reference = expected(service, label_key)
+    check_answer(answer, reference)
+    assert answer["scores"] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    rewards = answer["rewards"]
+    for group in (range(0, 4), range(4, 7)):
+        right = [rewards[i] for i in group if answer["scores"][i] == 1.0]
+        wrong = [rewards[i] for i in group if answer["scores"][i] == 0.0]
+        assert min(right) > max(wrong)
+
+
+def test_openrlhf_groups_by_prompt_in_any_order(regime_w_service):
+    queries, prompts, labels = rollout_batch()
+    order = [6, 0, 4, 3, 1, 5, 2]
+    answer = openrlhf_call(
+        regime_w_service, [queries[i] for i in order], [prompts[i] for i in order], [labels[i] for i in order]
+    )
+    reference = expected(regime_w_service)
+    check_answer(answer, [reference[i] for i in order], exact=False)
+
+
+def test_openrlhf_single_sample_calls_as_the_current_client_sends_them(service):
+    """One call per sample; the executor reads rewards_info_list[0]["rewards"] etc. for that sample."""
+    queries, prompts, labels = rollout_batch()
+    for i in (0, 2, 5):
+        rewards_info = openrlhf_call(service, [queries[i]], [prompts[i]], [labels[i]])
+        score_value = rewards_info.get("scores")
+        if score_value is None:
+            score_value = rewards_info.get("rewards")
+        text = QUESTIONS[0 if i < 4 else 1]["responses"][i if i < 4 else i - 4]
+        (alone,) = scored_by_score_route(service, prompts[i], labels[i], [text]).trajectories
+        assert rewards_info["rewards"] == [alone.reward]
+        assert score_value == [float(alone.correct)]
+        assert rewards_info["extra_logs"]["s_wm"] == [alone.coherence]
+
+
+def test_openrlhf_label_free_and_numeric_labels(regime_w_service):
+    queries, prompts, _ = rollout_batch()
+    free = openrlhf_call(regime_w_service, queries, prompts, [""] * 4 + [None] * 3)
+    check_answer(free, expected(regime_w_service, label_key=""))
+    numbers = openrlhf_call(regime_w_service, queries, prompts, [12] * 4 + [26.0] * 3)
+    assert numbers["scores"] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_openrlhf_fast_path_answers_as_the_route(regime_w_service):
+    queries, prompts, labels = rollout_batch()
+    body = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
+    fast, slow = post(regime_w_service, body), post(regime_w_service, body, scheme="bearer")
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content) and fast.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda b: {**b, "labels": b["labels"][:-1]}, "equal lengths"),
+        (lambda b: {**b, "prompts": b["prompts"] + ["extra"]}, "equal lengths"),
+        (lambda b: {**b, "query": []}, "at least 1"),
+        (lambda b: {**b, "unexpected": 1}, "Extra inputs"),
+        (lambda b: {**b, "labels": [True] * len(b["labels"])}, "labels"),
+        (lambda b: {**b, "labels": ["no number"] * len(b["labels"])}, "no number"),
+        (lambda b: {**b, "query": [p + "x" * 17_000 for p in b["prompts"]]}, "the limit is 16000"),
+        (lambda b: {"query": ["a"] * 70, "prompts": ["p"] * 70, "labels": [""] * 70}, "the limit is 64"),
+        (
+            lambda b: {
+                "query": [str(i) for i in range(130)],
+                "prompts": [f"p{i}" for i in range(130)],
+                "labels": [""] * 130,
+            },
+            "the limit is 128",
+        ),
+    ],
+)
+def test_openrlhf_bad_input_is_a_422_with_a_message(regime_w_service, change, message):
+    queries, prompts, labels = rollout_batch()
+    body = change({"query": queries, "prompts": prompts, "labels": labels})
+    for scheme in ("Bearer", "bearer"):  # the fast path and FastAPI's route
+        response = post(regime_w_service, json.dumps(body).encode(), scheme=scheme)
+        assert response.status_code == 422, response.text
+        assert message in response.text
+
+
+def test_openrlhf_route_needs_the_token(service):
+    queries, prompts, labels = rollout_batch()
+    body = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
+    assert post(service, body, token=None).status_code == 401  # OpenRLHF's own client sends no token
+    assert post(service, body, token=service.token + "x").status_code == 403
+
+
+# --- verl ----------------------------------------------------------------------------------------------------
+
+
+def verl_batch(n_repeat: int = 1, label_key: str = "ground_truth"):
+    """A verl batch as BatchRewardManager.verify hands it over, from rows shaped like examples/data_preprocess/gsm8k.py."""
+    rows = [
+        {
+            "data_source": "openai/gsm8k",
+            "reward_model": {"style": "rule", "ground_truth": q[label_key] if label_key else ""},
+            "extra_info": {"split": "train", "index": idx, "answer": q["answer"], "question": q["question"]},
+        }
+        for idx, q in enumerate(QUESTIONS)
+    ]
+    # rollout.n responses per row; DataProto.repeat(interleave=True) repeats the non-tensor columns with np.repeat
+    counts = [len(q["responses"]) for q in QUESTIONS]
+    data_sources = np.repeat(np.array([r["data_source"] for r in rows], dtype=object), counts)
+    extras = np.repeat(np.array([r["extra_info"] for r in rows], dtype=object), counts)
+    reward_models = np.repeat(np.array([r["reward_model"] for r in rows], dtype=object), counts)
+    solution_strs = [t for q in QUESTIONS for t in q["responses"]]
+    ground_truths = [rm.get("ground_truth", None) for rm in reward_models]
+    rollout_reward_scores = [{} for _ in range(len(solution_strs))]
+    for i in range(len(solution_strs)):
+        extras[i]["rollout_reward_scores"] = rollout_reward_scores[i]
+    return data_sources, solution_strs, ground_truths, extras
+
+
+@pytest.fixture
+def verl_env(monkeypatch):
+    def use(service):
+        monkeypatch.setenv("LOOPER_SERVICE_URL", service.url)
+        if service.token:
+            monkeypatch.setenv("LOOPER_SERVICE_TOKEN", service.token)
+        else:
+            monkeypatch.delenv("LOOPER_SERVICE_TOKEN", raising=False)
+
+    return use
+
+
+def as_the_batch_manager_does(scores: list) -> tuple[list[float], dict[str, list]]:
+    rewards, extra = [], {}
+    for score in scores:
+        if isinstance(score, dict):
+            rewards.append(score["score"])
+            for key, value in score.items():
+                extra.setdefault(key, []).append(value)
+        else:
+            rewards.append(score)
+    return rewards, extra
+
+
+@pytest.mark.parametrize("label_key", ["ground_truth", ""])
+def test_verl_batch_compute_score_matches_the_score_route(service, verl_env, label_key):
+    verl_env(service)
+    data_sources, solution_strs, ground_truths, extras = verl_batch(label_key=label_key)
+    reward_kwargs = {}
+    scores = compute_score(
+        data_sources=data_sources,
+        solution_strs=solution_strs,
+        ground_truths=ground_truths,
+        extra_infos=extras,
+        **reward_kwargs,
+    )
+    assert isinstance(scores, list) and len(scores) == len(solution_strs)
+    assert all(isinstance(s, dict) and isinstance(s["score"], float) for s in scores)
+    reference = []
+    for q in QUESTIONS:
+        gold = q["ground_truth"] if label_key else None
+        reference += scored_by_score_route(service, q["question"], gold, q["responses"]).trajectories
+    rewards, extra = as_the_batch_manager_does(scores)
+    assert rewards == [t.reward for t in reference]
+    assert extra["acc"] == [float(t.correct) for t in reference]
+    assert extra["s_wm"] == [t.coherence for t in reference]
+    assert all(len(v) == len(scores) for v in extra.values())
+    if label_key:
+        assert extra["acc"] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+        assert min(rewards[:2]) > max(rewards[2:4]) and min(rewards[4:6]) > rewards[6]
+
+
+def test_verl_compute_score_inside_a_running_event_loop(regime_w_service, verl_env):
+    verl_env(regime_w_service)
+    data_sources, solution_strs, ground_truths, extras = verl_batch()
+    plain = compute_score(data_sources, solution_strs, ground_truths, extras)
+
+    async def from_a_coroutine():
+        return compute_score(
+            data_sources=data_sources, solution_strs=solution_strs, ground_truths=ground_truths, extra_infos=extras
+        )
+
+    assert asyncio.run(from_a_coroutine()) == plain
+
+
+def test_verl_grouping_keys(regime_w_service, verl_env):
+    verl_env(regime_w_service)
+    q = QUESTIONS[0]
+    n = len(q["responses"])
+    by_id = compute_score(["gsm8k"] * n, q["responses"], ["12"] * n, [{"question_id": "tom-apples"}] * n)
+    by_question = compute_score(["gsm8k"] * n, q["responses"], ["12"] * n, [{"question": q["question"]}] * n)
+    reference = scored_by_score_route(regime_w_service, q["question"], "12", q["responses"]).trajectories
+    assert [s["score"] for s in by_id] == [s["score"] for s in by_question] == [t.reward for t in reference]
+    alone = compute_score(["gsm8k"] * n, q["responses"], ["12"] * n, None)
+    singles = [scored_by_score_route(regime_w_service, "q", "12", [t]).trajectories[0] for t in q["responses"]]
+    assert [s["score"] for s in alone] == [t.reward for t in singles]
+    assert compute_score([], [], [], []) == []
