@@ -123,6 +123,8 @@ def load_model(
         from peft import PeftModel
 
         base_model = load_model(source.base, quantization=quantization, dtype=dtype, device_map=device_map)
+        if isinstance(base_model, PeftModel):  # an adapter trained on top of another (RL/DPO on SFT): stack them
+            base_model = base_model.merge_and_unload()
         return PeftModel.from_pretrained(base_model, source.path, is_trainable=trainable)
 
     kwargs = {"dtype": dtype}

@@ -151,7 +151,7 @@ def run_sft(config: SFTStageConfig) -> Path:
         eval_strategy="epoch" if evaluation is not None else "no",
         logging_nan_inf_filter=False,
         **training_precision(),
-        **({"activation_checkpointing": True} if config.gradient_checkpointing else {}),
+        activation_checkpointing=config.gradient_checkpointing,  # TRL turns it on unless told
     )
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,135 @@
+"""Online RL for real: TRL GRPO/RLOO on a tiny model, rewards from the real service on 127.0.0.1."""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rollout_worker.client import ClientConfig
+from shared_schemas.models import ScoringWeights
+from trainer.data import generated_records, write_jsonl
+from trainer.modeling import load_model
+from trainer.rl import RewardServiceFailure, RLStageConfig, ServiceReward, group_requests, run_rl
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rl") / "prompts.jsonl"
+    write_jsonl(path, generated_records(16, seed=31))
+    return path
+
+
+def rl_config(model, prompts, out, service, **overrides) -> RLStageConfig:
+    values = dict(
+        model=str(model),
+        train_file=str(prompts),
+        output_dir=str(out),
+        service_url=service.url,
+        learning_rate=5e-3,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        steps_per_generation=1,
+        max_completion_length=48,
+        max_steps=3,
+        lora_r=8,
+        lora_dropout=0.0,
+        beta=0.04,
+        save_steps=1000,
+        service_retries=1,
+    )
+    values.update(overrides)
+    return RLStageConfig(**values)
+
+
+@pytest.fixture
+def service_token(monkeypatch, regime_w_service):
+    monkeypatch.setenv("LOOPER_SERVICE_TOKEN", regime_w_service.token)
+    return regime_w_service
+
+
+def lora_b_total(adapter_dir) -> float:
+    model = load_model(str(adapter_dir))
+    return sum(float(p.abs().sum()) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_a_few_steps_change_the_adapter_with_varied_rewards(algo, format_model, prompts_file, service_token, tmp_path):
+    out = run_rl(rl_config(format_model, prompts_file, tmp_path / algo, service_token, algo=algo))
+    assert lora_b_total(out) > 0  # LoRA B starts at zero: any change means the policy moved
+    manifest = json.loads((out / "looper_manifest.json").read_text())
+    assert manifest["global_step"] == 3 and manifest["stage"] == f"rl-{algo}"
+    rewards = [json.loads(line) for line in (out / "rewards.jsonl").read_text().splitlines()]
+    assert len(rewards) >= 3 and all(r["completions"] == 8 for r in rewards)
+    assert {"s_end", "s_path", "s_cf", "s_wm", "accuracy", "groups_without_signal"} <= set(rewards[0])
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("reward_std", 0) > 0 for row in logged)  # rewards vary: there is a learning signal
+    assert any("service/s_wm" in row for row in logged)
+    if algo == "grpo":
+        assert any("beta" in row for row in logged)  # the adaptive KL controller ran
+
+
+def test_rl_on_an_sft_adapter_saves_one_adapter_over_the_base(format_model, prompts_file, service_token, tmp_path):
+    """Trained on an SFT adapter: the saved adapter folds SFT + RL over the base, the bare RL LoRA is kept."""
+    from trainer.sft import SFTStageConfig, run_sft
+
+    sft = run_sft(
+        SFTStageConfig(
+            model=str(format_model), train_file=str(prompts_file), output_dir=str(tmp_path / "sft"),
+            max_steps=2, lora_r=4, per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=1000,
+        )
+    )  # fmt: skip
+    out = run_rl(rl_config(sft, prompts_file, tmp_path / "rl", service_token, max_steps=2))
+    # the stage's adapter is one LoRA over the original base (vLLM and merge take it as it is) ...
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(format_model)
+    # ... equal to the bare RL LoRA stacked on the SFT adapter it was trained on
+    assert json.loads((out / "rl_delta" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        folded = load_model(str(out)).eval()(input_ids=ids).logits
+        stacked = load_model(str(out / "rl_delta")).eval()(input_ids=ids).logits
+    assert torch.allclose(folded, stacked, atol=1e-4)
+
+
+def test_groups_are_scored_whole_and_rewards_come_back_in_order(regime_w_service):
+    ids = ["q1", "q2", "q1", "q2", "q1"]
+    questions = ["2+2?", "4+4?", "2+2?", "4+4?", "2+2?"]
+    golds = ["4", "8", "4", "8", "4"]
+    texts = ["Answer: 4", "Answer: 9", "Answer: 4", "Answer: 8", "Answer: 5"]
+    requests, placement = group_requests(ids, questions, golds, texts, "regime_w")
+    assert [len(r.trajectories) for r in requests] == [3, 2]
+    assert placement == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
+
+    config = ClientConfig(url=regime_w_service.url, token=regime_w_service.token)
+    logged = {}
+    for mode in ("regime_w", "correctness", "label_free"):
+        reward = ServiceReward(config, mode)
+        rewards = asyncio.run(reward(None, texts, ids, questions, golds, log_metric=logged.__setitem__))
+        logged[mode] = rewards
+    w = ScoringWeights()
+    assert logged["correctness"] == [w.correct_base, w.incorrect_base, w.correct_base, w.correct_base, w.incorrect_base]
+    regime = logged["regime_w"]
+    assert regime[0] > regime[4] and regime[3] > regime[1]  # correct above wrong
+    assert len(set(logged["regime_w"])) > 2
+    assert "service/s_wm" in logged
+
+
+def test_a_service_killed_mid_run_fails_the_run_clearly(format_model, prompts_file, start_service, tmp_path):
+    class KillServiceAfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            service.local.process.kill()
+            service.local.process.wait()
+
+    with start_service("rl-victim", stub=True) as service:
+        os.environ["LOOPER_SERVICE_TOKEN"] = service.token
+        try:
+            config = rl_config(format_model, prompts_file, tmp_path / "rl", service, max_steps=4)
+            with pytest.raises(RewardServiceFailure, match="Stopping the run rather than training on missing rewards"):
+                run_rl(config, callbacks=[KillServiceAfterFirstStep()])
+        finally:
+            del os.environ["LOOPER_SERVICE_TOKEN"]
+    assert not (tmp_path / "rl" / "adapter_model.safetensors").exists()
+    assert len((tmp_path / "rl" / "rewards.jsonl").read_text().splitlines()) == 1  # scored once, then failed

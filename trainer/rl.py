@@ -1,0 +1,318 @@
+"""Online RL with the reward over HTTP: TRL's GRPO or RLOO (PPO-style clipped policy gradients).
+
+Each prompt's generations form one group that the reward service scores as one Regime W group, so
+s_end, s_path and s_cf see the whole group, even when TRL spreads a group over several processes: the
+reward function gathers every process's completions, the main process scores whole groups, and each
+process takes back its own slice. A service that stays down fails the run with a clear message; it is
+never read as a reward of 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
+from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
+from trainer.adapters import load_policy, save_stacked_adapter
+from trainer.data import read_jsonl
+from trainer.prompts import build_prompt
+from trainer.sft import LORA_TARGETS, file_sha256, training_precision, versions
+
+log = logging.getLogger("looper.rl")
+TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
+RewardMode = Literal["regime_w", "correctness", "label_free"]
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class RLStageConfig:
+    model: str = field(default="", metadata=_help("the SFT model: adapter dir, merged dir, local dir or hub id"))
+    train_file: str = field(default="", metadata=_help("JSONL of {id, question, answer} prompts"))
+    output_dir: str = "runs/rl"
+    algo: Literal["grpo", "rloo"] = "grpo"
+    reward: RewardMode = field(
+        default="regime_w",
+        metadata=_help("regime_w: per-trajectory Regime W; correctness: 1.0/-0.5 only (ablation); "
+                       "label_free: no gold, majority pseudo-labels"),
+    )  # fmt: skip
+    service_url: str = "http://127.0.0.1:8000"
+    token_file: str | None = field(default=None, metadata=_help(f"bearer token file (default: ${TOKEN_ENV})"))
+    service_retries: int = field(default=5, metadata=_help("retries (exponential backoff) before the run fails"))
+    service_timeout_s: float = 120.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    learning_rate: float = 5e-6
+    num_generations: int = field(default=8, metadata=_help("completions per prompt: one scored group"))
+    per_device_train_batch_size: int = field(default=32, metadata=_help("completions per optimizer step (mini-batch)"))
+    steps_per_generation: int = field(
+        default=4, metadata=_help("optimizer steps per generation round: 4 x 32 = 128 completions = 16 prompts x 8")
+    )
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = 384
+    temperature: float = 1.0
+    beta: float = field(default=0.04, metadata=_help("initial KL coefficient"))
+    target_kl: float | None = field(default=0.1, metadata=_help("adapt beta towards this KL (None: fixed beta)"))
+    kl_horizon: int = field(default=10, metadata=_help("steps over which beta moves towards the target"))
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    max_prompts: int | None = None
+    seed: int = 0
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 2
+    max_nonfinite_steps: int = 10
+    gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for memory"))
+    use_vllm: bool = field(default=False, metadata=_help("generate with vLLM (TRL colocate mode on one GPU)"))
+    vllm_gpu_memory_utilization: float = 0.3
+    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+
+    def __post_init__(self):
+        if not self.model or not self.train_file:
+            raise ValueError("model and train_file are required")
+        if self.target_kl and self.beta <= 0:
+            raise ValueError("an adaptive KL target needs an initial beta > 0")
+
+
+class RewardServiceFailure(RuntimeError):
+    pass
+
+
+def group_requests(question_ids, questions, golds, completions, mode: RewardMode) -> tuple[list[ScoreRequest], list]:
+    """One ScoreRequest per question (its completions in order), and where each completion went."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, qid in enumerate(question_ids):
+        members[qid].append(i)
+    requests, placement = [], [None] * len(completions)
+    for g, (qid, indices) in enumerate(members.items()):
+        first = indices[0]
+        requests.append(
+            ScoreRequest(
+                question_id=qid,
+                question=questions[first],
+                gold_answer=None if mode == "label_free" else golds[first],
+                trajectories=[Trajectory(arm_name=f"policy_{k}", text=completions[i]) for k, i in enumerate(indices)],
+            )
+        )
+        for k, i in enumerate(indices):
+            placement[i] = (g, k)
+    return requests, placement
+
+
+def rewards_from(results: list[ScoreResponse], placement, mode: RewardMode) -> list[float]:
+    rewards = []
+    for g, k in placement:
+        scored = results[g].trajectories[k]
+        if mode == "correctness":
+            w = results[g].weights
+            rewards.append(w.correct_base if scored.correct else w.incorrect_base)
+        else:
+            rewards.append(scored.reward)
+    return rewards
+
+
+def batch_metrics(results: list[ScoreResponse], rewards: list[float]) -> dict[str, float]:
+    """Means of the group scores, accuracy, and how many groups carry no signal (all rewards equal)."""
+    n = len(results)
+    flat = [t for r in results for t in r.trajectories]
+    no_signal = sum(len({round(t.reward, 9) for t in r.trajectories}) == 1 for r in results)
+    return {
+        "s_end": sum(r.s_end for r in results) / n,
+        "s_path": sum(r.s_path for r in results) / n,
+        "s_cf": sum(r.s_cf for r in results) / n,
+        "s_wm": sum(r.s_wm for r in results) / n,
+        "accuracy": sum(t.correct for t in flat) / len(flat),
+        "groups_without_signal": no_signal / n,
+        "reward_mean": sum(rewards) / len(rewards),
+    }
+
+
+class ServiceReward:
+    """TRL reward function (async): every prompt's group scored by the service as one group."""
+
+    def __init__(self, client_config: ClientConfig, mode: RewardMode, log_path: Path | None = None, chunk: int = 32):
+        self.client_config, self.mode, self.log_path, self.chunk = client_config, mode, log_path, chunk
+        self.__name__ = mode  # TRL names the logged reward column after this
+        self._client: ServiceClient | None = None
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        if self._client is None:  # created on the loop that calls it (TRL's daemon loop), reused after
+            self._client = ServiceClient(self.client_config)
+        chunks = [requests[i : i + self.chunk] for i in range(0, len(requests), self.chunk)]
+        try:
+            scored = await asyncio.gather(*(self._client.score_batch(c) for c in chunks))
+        except (ServiceUnavailable, ServiceError) as exc:
+            raise RewardServiceFailure(
+                f"{exc}. Stopping the run rather than training on missing rewards; "
+                "restart the service and rerun to resume from the last checkpoint."
+            ) from None
+        return [r for chunk in scored for r in chunk]
+
+    async def __call__(self, prompts, completions, question_id, question, gold_answer, log_metric=None, **kwargs):
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        state = PartialState()
+        local = list(zip(question_id, question, gold_answer, completions, strict=True))
+        everyone = gather_object(local) if state.num_processes > 1 else local
+        sizes = gather_object([len(local)]) if state.num_processes > 1 else [len(local)]
+        payload = [None]
+        if state.is_main_process:
+            ids, questions, golds, texts = (list(column) for column in zip(*everyone, strict=True))
+            requests, placement = group_requests(ids, questions, golds, texts, self.mode)
+            results = await self.score(requests)
+            rewards = rewards_from(results, placement, self.mode)
+            payload = [(rewards, batch_metrics(results, rewards))]
+        if state.num_processes > 1:
+            broadcast_object_list(payload)
+        rewards, metrics = payload[0]
+        if log_metric is not None:
+            for name, value in metrics.items():
+                log_metric(f"service/{name}", value)
+        if self.log_path is not None and state.is_main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps({"completions": len(rewards), **metrics}) + "\n")
+        start = sum(sizes[: state.process_index])
+        return rewards[start : start + len(local)]
+
+
+def adaptive_kl_callback(target: float, horizon: int):
+    """Ziegler et al.'s adaptive KL controller: nudge beta so the measured KL tracks the target."""
+    from transformers import TrainerCallback
+
+    class AdaptiveKL(TrainerCallback):
+        trainer = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.trainer is None or not logs or "kl" not in logs:
+                return
+            error = max(-0.2, min(0.2, logs["kl"] / target - 1.0))
+            self.trainer.beta *= 1.0 + error * args.logging_steps / horizon
+            logs["beta"] = self.trainer.beta
+
+    return AdaptiveKL()
+
+
+def read_token(token_file: str | None) -> str | None:
+    import os
+
+    if token_file:
+        return Path(token_file).read_text().strip()
+    return os.environ.get(TOKEN_ENV)
+
+
+def run_rl(config: RLStageConfig, callbacks=()) -> Path:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights
+    from trainer.modeling import load_tokenizer
+
+    if config.algo == "grpo":
+        from trl import GRPOConfig as AlgoConfig
+        from trl import GRPOTrainer as AlgoTrainer
+    else:
+        from trl import RLOOConfig as AlgoConfig
+        from trl import RLOOTrainer as AlgoTrainer
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    records = read_jsonl(config.train_file, required=("id", "question", "answer"))[: config.max_prompts]
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.padding_side = "left"
+    dataset = Dataset.from_list(
+        [
+            {"prompt": build_prompt(r["question"], tokenizer), "question_id": r["id"], "question": r["question"],
+             "gold_answer": r["answer"]}
+            for r in records
+        ]
+    )  # fmt: skip
+    client = ClientConfig(
+        url=config.service_url,
+        token=read_token(config.token_file),
+        timeout_s=config.service_timeout_s,
+        max_retries=config.service_retries,
+    )
+    reward = ServiceReward(client, config.reward, out / "rewards.jsonl")
+    args = AlgoConfig(
+        output_dir=str(checkpoints),
+        learning_rate=config.learning_rate,
+        num_generations=config.num_generations,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        steps_per_generation=config.steps_per_generation,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.beta,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        use_vllm=config.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        logging_nan_inf_filter=False,
+        activation_checkpointing=config.gradient_checkpointing,
+        **training_precision(),
+    )
+    guard = NonFiniteGuard(config.max_nonfinite_steps)
+    kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
+    # the KL controller adds beta to the logs, so it runs before the metrics writer
+    extra = [guard, *([kl_control] if kl_control else []), JsonlMetrics(out / "metrics.jsonl"), *callbacks]
+    policy, source = load_policy(config.model)
+    trainer = AlgoTrainer(
+        model=policy,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=extra,
+    )
+    if kl_control is not None:
+        kl_control.trainer = trainer
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    assert_finite_weights(trainer.model)
+    fold = save_stacked_adapter(trainer, out, source, "rl_delta")
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(out)
+    manifest = {
+        "stage": f"rl-{config.algo}",
+        "config": dataclasses.asdict(config),
+        "train_file_sha256": file_sha256(config.train_file),
+        "prompts": len(records),
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "nonfinite_skipped": guard.skipped,
+        "final_beta": getattr(trainer, "beta", None),
+        "resumed_from": resume,
+        "adapter_fold": fold,
+        "versions": versions(),
+    }
+    (out / "looper_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
