@@ -127,6 +127,50 @@ def cmd_rollouts(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def cmd_prefs(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.prefs import PrefsConfig, run_prefs, stats_path
+
+    config = config_from_args(PrefsConfig, args)
+    stats = run_prefs(config)
+    keys = ("pairs", "pairs_by_type", "correctness_share", "questions_with_pairs", "questions_without_pairs")
+    print(f"pairs: {config.output_file}  stats: {stats_path(config.output_file)}")
+    print(json.dumps({k: stats[k] for k in keys}))
+
+
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.dpo import DPOStageConfig, run_dpo
+
+    print(f"adapter saved to {run_dpo(config_from_args(DPOStageConfig, args))}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.evaluate import EvalConfig, format_summary, run_eval
+
+    config = config_from_args(EvalConfig, args)
+    print(format_summary(run_eval(config)))
+    print(f"summary: {Path(config.output_dir) / 'summary.json'}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from trainer.compare import format_result, run_compare
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    result = run_compare(
+        args.runs, args.out, names=names, mode=args.mode, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha
+    )
+    print(format_result(result))
+
+
+def cmd_rl(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.rl import RLStageConfig, run_rl
+
+    print(f"adapter saved to {run_rl(config_from_args(RLStageConfig, args))}")
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from trainer.modeling import convert_to_dir
 
@@ -192,6 +236,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(rollouts, RolloutConfig)
     rollouts.set_defaults(func=cmd_rollouts)
 
+    from trainer.dpo import DPOStageConfig
+    from trainer.prefs import PrefsConfig
+
+    prefs = sub.add_parser("prefs", help="preference pairs from scored rollouts: correctness, then coherence")
+    add_config_args(prefs, PrefsConfig)
+    prefs.set_defaults(func=cmd_prefs)
+
+    dpo = sub.add_parser("dpo", help="DPO with LoRA on the SFT model (TRL DPOTrainer), reference = frozen SFT")
+    add_config_args(dpo, DPOStageConfig)
+    dpo.set_defaults(func=cmd_dpo)
+
+    from trainer.evaluate import EvalConfig
+
+    evaluate = sub.add_parser("eval", help="one greedy answer per question, strict and flexible accuracy")
+    add_config_args(evaluate, EvalConfig)
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = sub.add_parser("compare", help="evals side by side: Wilson CIs, McNemar, bootstrap, noise floor")
+    compare.add_argument("runs", nargs="+", help="eval output dirs (or predictions JSONL files)")
+    compare.add_argument("--out", default="runs/compare", help="report.md, accuracy.png, comparison.json")
+    compare.add_argument("--names", help="comma-separated labels, one per run (default: each eval's name)")
+    compare.add_argument("--mode", choices=["strict", "flexible"], default="strict", help="answer extraction tested")
+    compare.add_argument("--bootstrap", type=_positive_int, default=10_000, help="paired bootstrap resamples")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--alpha", type=float, default=0.05)
+    compare.set_defaults(func=cmd_compare)
+
+    from trainer.rl import RLStageConfig
+
+    rl = sub.add_parser("rl", help="online RL (TRL GRPO or RLOO) with rewards from the service over HTTP")
+    add_config_args(rl, RLStageConfig)
+    rl.set_defaults(func=cmd_rl)
+
     convert = sub.add_parser("convert", help="save any model source (e.g. a .gguf file) as a safetensors dir")
     convert.add_argument("--model", required=True)
     convert.add_argument("--output-dir", required=True)
@@ -210,10 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     from rollout_worker.client import ServiceError, ServiceUnavailable
     from trainer.data import DataError
     from trainer.modeling import ModelSourceError
+    from trainer.rl import RewardServiceFailure
 
     try:
         args.func(args)
-    except (DataError, ModelSourceError, ServiceError, ServiceUnavailable) as exc:
+    except (DataError, ModelSourceError, ServiceError, ServiceUnavailable, RewardServiceFailure) as exc:
         raise SystemExit(f"looper {args.command}: {exc}") from None
 
 

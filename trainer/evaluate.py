@@ -1,0 +1,482 @@
+"""`looper eval`: one greedy answer per question over a JSONL set, scored strict and flexible, deterministic.
+
+Every question of the file is evaluated (never a sample, unless `max_questions` asks for the first N).
+Prompts are the project's one format (trainer.prompts), answers are parsed by the parser the reward
+service uses (shared_schemas.answers), generation goes through the rollout engines (vLLM or HF).
+
+Determinism: batched greedy decoding still depends on which prompts share a batch (padding, kernel
+choice), so the batch composition is fixed for a given data set: all prompts are sorted by length once,
+cut into chunks, and a chunk is always generated whole, also when a resumed run needs only part of it.
+Deterministic torch kernels and fixed seeds are switched on for the run (and restored after), and
+`repeat: 2` runs the whole eval again and records how many answers differ: the measured noise floor.
+
+Output dir: `predictions.jsonl` (one line per question, appended chunk by chunk, so an interrupted eval
+resumes), `predictions.repeat-K.jsonl` for repeats, `metrics.jsonl` (per chunk timing), `summary.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rollout_worker.engines import Engine, GenerationRequest, make_engine
+from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
+from shared_schemas.answers import extract_answer, parse_gold
+from trainer.data import PLATINUM_USABLE, DataError, read_jsonl
+from trainer.prompts import build_prompt
+
+log = logging.getLogger("looper.eval")
+
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+SETTINGS = "eval_settings.json"
+# settings that change the answers: a resumed eval must match them
+RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
+RESUME_KEYS += ("max_batch_size", "seed", "deterministic")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="", metadata=_help("hub id, local dir, .gguf, LoRA adapter dir or merged dir"))
+    data_file: str = field(default="", metadata=_help("JSONL of {question, answer[, id, cleaning_status]}"))
+    output_dir: str = field(default="runs/eval", metadata=_help("predictions.jsonl, summary.json, metrics.jsonl"))
+    name: str | None = field(default=None, metadata=_help("label in comparisons (default: the output dir's name)"))
+    base: str | None = field(default=None, metadata=_help("base model of an adapter (default: its recorded base)"))
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata=_help("auto: bf16 on GPUs, fp32 on CPU; float32 for bit-stable answers")
+    )
+    max_new_tokens: int = field(default=1024, metadata=_help("per answer; truncated answers are counted"))
+    max_questions: int | None = field(default=None, metadata=_help("only the first N rows (default: all)"))
+    chunk_size: int = field(default=256, metadata=_help("questions per engine call and per write (resume unit)"))
+    max_batch_size: int = field(default=64, metadata=_help("HF engine: rows per generate call"))
+    repeat: int = field(default=1, metadata=_help("run the eval N times and report how many answers differ"))
+    seed: int = 0
+    deterministic: bool = field(default=True, metadata=_help("deterministic torch kernels, no TF32, fixed seeds"))
+    vllm_batch_invariant: bool = field(
+        default=True, metadata=_help("vLLM: VLLM_BATCH_INVARIANT=1 (answers independent of batching; H100+)")
+    )
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    enforce_eager: bool = field(default=False, metadata=_help("vLLM: no CUDA graphs"))
+
+    def __post_init__(self):
+        if not self.model or not self.data_file:
+            raise ValueError("model and data_file are required")
+        for name in ("max_new_tokens", "chunk_size", "max_batch_size", "repeat"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_questions is not None and self.max_questions < 1:
+            raise ValueError(f"max_questions must be >= 1, got {self.max_questions}")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def load_questions(path: str | Path, max_questions: int | None = None) -> tuple[list[dict], dict]:
+    """Rows with ids and parsed gold answers; Platinum rows the set marks unusable are dropped.
+
+    Rows without an id get a stable one from their row number: `platinum-NNNN` for rows that carry a
+    cleaning_status (the ids `looper data` gives Platinum), else `row-NNNNN`.
+    """
+    rows = read_jsonl(path)
+    records, skipped = [], Counter()
+    for i, row in enumerate(rows):
+        status = row.get("cleaning_status")
+        if status is not None and status not in PLATINUM_USABLE:
+            skipped[status] += 1
+            continue
+        record_id = row.get("id") or (f"platinum-{i:04d}" if status is not None else f"row-{i:05d}")
+        record = {"id": str(record_id), "question": row["question"], "gold": parse_gold(row["answer"])}
+        if status is not None:
+            record["cleaning_status"] = status
+        records.append(record)
+    duplicates = [k for k, n in Counter(r["id"] for r in records).items() if n > 1]
+    if duplicates:
+        raise DataError(f"{path}: {len(duplicates)} duplicate id(s), e.g. {duplicates[:3]}")
+    no_gold = [r["id"] for r in records if r["gold"] is None]
+    if no_gold:
+        raise DataError(f"{path}: {len(no_gold)} row(s) have no parseable gold answer ('#### N'), e.g. {no_gold[:5]}")
+    if max_questions is not None:
+        records = records[:max_questions]
+    info = {
+        "data_file": str(path),
+        "data_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "rows_in_file": len(rows),
+        "skipped_rows": dict(skipped),
+    }
+    return records, info
+
+
+def chunk_plan(prompts: list[str], chunk_size: int) -> list[list[int]]:
+    """Indices sorted by prompt length (the engine's own order), cut into chunks: a fixed batch composition."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    return [order[start : start + chunk_size] for start in range(0, len(order), chunk_size)]
+
+
+def score_row(record: dict, prompt: str, output: str, completion_tokens: int, max_new_tokens: int) -> dict:
+    strict = extract_answer(output, mode="strict")
+    flexible = extract_answer(output, mode="flexible")
+    row = {
+        "id": record["id"],
+        "question": record["question"],
+        "prompt": prompt,
+        "output": output,
+        "parsed_strict": strict,
+        "parsed_flexible": flexible,
+        "gold": record["gold"],
+        "correct_strict": strict is not None and strict == record["gold"],
+        "correct_flexible": flexible is not None and flexible == record["gold"],
+        "completion_tokens": completion_tokens,
+        "truncated": completion_tokens >= max_new_tokens,
+    }
+    if "cleaning_status" in record:
+        row["cleaning_status"] = record["cleaning_status"]
+    return row
+
+
+# --- determinism --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int, enabled: bool = True):
+    """Deterministic kernels (warn where none exists), no TF32, fixed seeds; the previous state restored."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    # cuBLAS needs this before its first use to pick reproducible reductions
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.cudnn_sdp_enabled(),
+    )
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    # cuDNN attention (what SDPA picks for bf16 on H100/H200) is not deterministic and does not warn: on an
+    # H200, bf16 greedy reruns differed in 64 of 128 rows with it and in 0 with flash/efficient/math attention
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[4], saved[5]
+        torch.backends.cuda.enable_cudnn_sdp(saved[6])
+
+
+# --- summaries ----------------------------------------------------------------------------------------
+
+
+def answers_sha256(rows: list[dict]) -> str:
+    """sha256 of (id, strict answer, flexible answer) over all questions, by id: equal runs, equal hash."""
+    lines = sorted(f"{r['id']}\t{r['parsed_strict']}\t{r['parsed_flexible']}\n" for r in rows)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def outputs_sha256(rows: list[dict]) -> str:
+    lines = sorted(f"{r['id']}\t{json.dumps(r['output'])}\n" for r in rows)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _ratio(k: int, n: int) -> float | None:
+    return round(k / n, 6) if n else None
+
+
+def accuracy_block(rows: list[dict]) -> dict:
+    n = len(rows)
+    strict = sum(r["correct_strict"] for r in rows)
+    flexible = sum(r["correct_flexible"] for r in rows)
+    return {
+        "questions": n,
+        "correct_strict": strict,
+        "correct_flexible": flexible,
+        "accuracy_strict": _ratio(strict, n),
+        "accuracy_flexible": _ratio(flexible, n),
+    }
+
+
+def repeat_report(runs: list[list[dict]], max_ids: int = 50) -> dict:
+    """How much identical runs disagree: answers, outputs and correctness per question, and accuracy."""
+    first = {r["id"]: r for r in runs[0]}
+    differing: dict[str, set[str]] = {"outputs": set(), "strict": set(), "flexible": set()}
+    flips: dict[str, set[str]] = {"strict": set(), "flexible": set()}
+    for run in runs[1:]:
+        for r in run:
+            a = first[r["id"]]
+            if r["output"] != a["output"]:
+                differing["outputs"].add(r["id"])
+            for mode in ("strict", "flexible"):
+                if r[f"parsed_{mode}"] != a[f"parsed_{mode}"]:
+                    differing[mode].add(r["id"])
+                if r[f"correct_{mode}"] != a[f"correct_{mode}"]:
+                    flips[mode].add(r["id"])
+    report: dict = {"runs": len(runs), "questions": len(first)}
+    report["outputs_differ"] = len(differing["outputs"])
+    for mode in ("strict", "flexible"):
+        accuracies = [sum(r[f"correct_{mode}"] for r in run) / len(run) for run in runs]
+        report[mode] = {
+            "answers_differ": len(differing[mode]),
+            "correct_flips": len(flips[mode]),
+            "accuracy_runs": [round(a, 6) for a in accuracies],
+            # the largest accuracy change between identical runs, in points: the noise floor
+            "noise_floor_points": round(100 * (max(accuracies) - min(accuracies)), 4),
+        }
+    report["answers_sha256_runs"] = [answers_sha256(run) for run in runs]
+    report["differing_ids"] = sorted(differing["outputs"])[:max_ids]
+    return report
+
+
+def build_summary(config: EvalConfig, info: dict, runs: list[list[dict]], metrics: list[dict], meta: dict) -> dict:
+    rows = runs[0]
+    tokens = [r["completion_tokens"] for r in rows]
+    seconds = sum(m["seconds"] for m in metrics if m["run"] == 1)
+    generated = sum(m["questions"] for m in metrics if m["run"] == 1)
+    gen_tokens = sum(m["completion_tokens"] for m in metrics if m["run"] == 1)
+    statuses = sorted({r["cleaning_status"] for r in rows if "cleaning_status" in r})
+    summary = {
+        "name": config.name or Path(config.output_dir).name,
+        **meta,
+        **info,
+        "max_questions": config.max_questions,
+        **accuracy_block(rows),
+        "no_answer_strict": sum(r["parsed_strict"] is None for r in rows),
+        "no_answer_flexible": sum(r["parsed_flexible"] is None for r in rows),
+        "truncated": sum(r["truncated"] for r in rows),
+        "by_cleaning_status": {s: accuracy_block([r for r in rows if r.get("cleaning_status") == s]) for s in statuses},
+        "completion_tokens": {
+            "total": sum(tokens),
+            "mean": round(sum(tokens) / len(tokens), 2) if tokens else 0,
+            "max": max(tokens, default=0),
+        },
+        "seconds": round(seconds, 3),
+        "questions_per_second": round(generated / seconds, 3) if seconds else None,
+        "tokens_per_second": round(gen_tokens / seconds, 1) if seconds else None,
+        "answers_sha256": answers_sha256(rows),
+        "outputs_sha256": outputs_sha256(rows),
+        "repeat": repeat_report(runs) if len(runs) > 1 else None,
+    }
+    return summary
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    found = {}
+    for package in ("torch", "transformers", "vllm"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            found[package] = md.version(package)
+    return found
+
+
+def _engine_dtype(engine: Engine, requested: str) -> str:
+    model = getattr(engine, "model", None)
+    if model is not None and hasattr(model, "dtype"):
+        return str(model.dtype).removeprefix("torch.")
+    with contextlib.suppress(Exception):
+        return str(engine.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    return requested
+
+
+def _device(engine: Engine) -> str:
+    import torch
+
+    if getattr(engine, "device", "cuda") == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name()
+
+
+def predictions_path(out: Path, run: int) -> Path:
+    return out / (PREDICTIONS if run == 1 else f"predictions.repeat-{run}.jsonl")
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [
+            f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS if before.get(k) != settings.get(k)
+        ]
+        if changed:
+            raise DataError(
+                f"{out} holds an eval with other settings ({'; '.join(changed)}); "
+                "use another --output-dir, or delete it to start over"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_once(
+    engine: Engine,
+    config: EvalConfig,
+    records: list[dict],
+    prompts: list[str],
+    plan: list[list[int]],
+    path: Path,
+    metrics_path: Path,
+    run: int,
+) -> list[dict]:
+    """One full pass (resumed where `path` has lines); returns the rows in data order."""
+    from tqdm import tqdm
+
+    done = {r["id"]: r for r in read_complete_lines(path)}
+    ids = {r["id"] for r in records}
+    stray = set(done) - ids
+    if stray:
+        raise DataError(f"{path}: {len(stray)} id(s) not in the data set, e.g. {sorted(stray)[:3]}")
+    todo = [chunk for chunk in plan if any(records[i]["id"] not in done for i in chunk)]
+    desc = "eval" if config.repeat == 1 else f"eval run {run}/{config.repeat}"
+    bar = tqdm(total=len(records), initial=len(done), desc=desc, unit="q", dynamic_ncols=True)
+    started, generated = time.monotonic(), 0
+    for chunk in todo:
+        requests = [GenerationRequest(prompts[i], 0.0, 1.0, config.seed, config.max_new_tokens) for i in chunk]
+        t0 = time.monotonic()
+        generations = engine.generate(requests)  # the whole chunk, always: a fixed batch composition
+        seconds = time.monotonic() - t0
+        new_rows = [
+            score_row(records[i], prompts[i], g.text, g.completion_tokens, config.max_new_tokens)
+            for i, g in zip(chunk, generations, strict=True)
+            if records[i]["id"] not in done
+        ]
+        append_lines(path, [json.dumps(r, ensure_ascii=False) for r in new_rows])
+        done.update((r["id"], r) for r in new_rows)
+        tokens = sum(g.completion_tokens for g in generations)
+        append_lines(
+            metrics_path,
+            [
+                json.dumps(
+                    {
+                        "run": run,
+                        "questions": len(chunk),
+                        "written": len(new_rows),
+                        "completion_tokens": tokens,
+                        "seconds": round(seconds, 4),
+                    }
+                )
+            ],
+        )
+        generated += len(new_rows)
+        bar.update(len(new_rows))
+        elapsed = time.monotonic() - started
+        bar.set_postfix(q_per_s=f"{generated / elapsed:.2f}", tok_per_s=f"{tokens / max(seconds, 1e-9):.0f}")
+    bar.close()
+    rows = [done[r["id"]] for r in records]
+    if todo:  # written chunk by chunk in length order; leave the finished file in data order
+        rewrite_lines(path, [json.dumps(r, ensure_ascii=False) for r in rows])
+    return rows
+
+
+def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
+    """Evaluate (or resume), `config.repeat` times; write and return the summary."""
+    records, info = load_questions(config.data_file, config.max_questions)
+    if not records:
+        raise DataError(f"{config.data_file}: no questions to evaluate")
+    out = Path(config.output_dir)
+    if engine is None:
+        if config.vllm_batch_invariant and config.engine in ("auto", "vllm"):
+            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
+        options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "engine")}
+        with deterministic_torch(config.seed, config.deterministic):
+            engine = make_engine(config.engine, config.model, **options)
+    meta = {
+        "model": config.model,
+        "base": config.base,
+        "engine": engine.name,
+        "dtype": _engine_dtype(engine, config.dtype),
+        "device": _device(engine),
+        "max_batch_size": config.max_batch_size,
+        "chunk_size": config.chunk_size,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+        "deterministic": config.deterministic,
+        "vllm_batch_invariant": engine.name == "vllm" and os.environ.get("VLLM_BATCH_INVARIANT") == "1",
+        "versions": _versions(),
+    }
+    _check_settings(out, {**{k: v for k, v in meta.items() if k != "versions"}, **info, **dataclasses.asdict(config)})
+    prompts = [build_prompt(r["question"], engine.tokenizer) for r in records]
+    plan = chunk_plan(prompts, config.chunk_size)
+    log.info(
+        "%d questions from %s, %s engine, %s, %d chunk(s) of <= %d",
+        len(records),
+        config.data_file,
+        meta["engine"],
+        meta["dtype"],
+        len(plan),
+        config.chunk_size,
+    )
+    runs = []
+    with deterministic_torch(config.seed, config.deterministic):
+        for run in range(1, config.repeat + 1):
+            runs.append(
+                run_once(engine, config, records, prompts, plan, predictions_path(out, run), out / METRICS, run)
+            )
+    summary = build_summary(config, info, runs, read_complete_lines(out / METRICS), meta)
+    _write_json(out / SUMMARY, summary)
+    if summary["truncated"] > 0.05 * summary["questions"]:
+        log.warning(
+            "%d of %d answers hit max_new_tokens=%d: raise --max-new-tokens",
+            summary["truncated"],
+            summary["questions"],
+            config.max_new_tokens,
+        )
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A few human lines for the terminal."""
+    lines = [
+        f"{summary['name']}: {summary['questions']} questions, {summary['engine']} {summary['dtype']}",
+        f"  accuracy strict {summary['accuracy_strict']:.4f} ({summary['correct_strict']})"
+        f"  flexible {summary['accuracy_flexible']:.4f} ({summary['correct_flexible']})",
+    ]
+    for status, block in summary["by_cleaning_status"].items():
+        lines.append(
+            f"  {status:>10}: {block['questions']:>5} q  strict {block['accuracy_strict']:.4f}"
+            f"  flexible {block['accuracy_flexible']:.4f}"
+        )
+    if summary["questions_per_second"]:
+        lines.append(f"  {summary['seconds']:.1f} s, {summary['questions_per_second']:.2f} q/s")
+    if summary["repeat"]:
+        rep = summary["repeat"]
+        lines.append(
+            f"  repeat x{rep['runs']}: {rep['outputs_differ']} outputs and {rep['strict']['answers_differ']} strict "
+            f"answers differ, noise floor {rep['strict']['noise_floor_points']:.2f} pts"
+        )
+    return "\n".join(lines)
