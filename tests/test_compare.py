@@ -127,7 +127,7 @@ def test_compare_pairs_by_question_with_mcnemar_bootstrap_and_noise(two_evals, t
 
     report = Path(result["files"]["report"]).read_text()
     assert "| sft vs base | +12.50 pts |" in report and "±0.75 pts" in report
-    assert "±0.50 pts (3 answers differ, 2 runs)" in report and "| revised | 2 |" in report
+    assert "±0.50 pts (2 correctness flips, 3 answers differ, 2 runs)" in report and "| revised | 2 |" in report
     png = Path(result["files"]["chart"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert json.loads(Path(result["files"]["json"]).read_text())["pairs"][0]["only_a_correct"] == 7

@@ -298,7 +298,10 @@ def _ci(ci: list[float]) -> str:
 def _noise_text(noise: dict | None, runs: int | None) -> str:
     if noise is None:
         return "not measured"
-    return f"±{noise['noise_floor_points']:.2f} pts ({noise['answers_differ']} answers differ, {runs} runs)"
+    return (
+        f"±{noise['noise_floor_points']:.2f} pts ({noise['correct_flips']} correctness flips, "
+        f"{noise['answers_differ']} answers differ, {runs} runs)"
+    )
 
 
 def _p(p: float) -> str:

@@ -7,7 +7,8 @@ service uses (shared_schemas.answers), generation goes through the rollout engin
 Determinism: batched greedy decoding still depends on which prompts share a batch (padding, kernel
 choice), so the batch composition is fixed for a given data set: all prompts are sorted by length once,
 cut into chunks, and a chunk is always generated whole, also when a resumed run needs only part of it.
-Deterministic torch kernels and fixed seeds are switched on for the run (and restored after), and
+Deterministic torch kernels, no TF32, no cuDNN attention (not deterministic, and silent about it) and
+fixed seeds are switched on for the run (and restored after), and
 `repeat: 2` runs the whole eval again and records how many answers differ: the measured noise floor.
 
 Output dir: `predictions.jsonl` (one line per question, appended chunk by chunk, so an interrupted eval
@@ -67,7 +68,9 @@ class EvalConfig:
     max_batch_size: int = field(default=64, metadata=_help("HF engine: rows per generate call"))
     repeat: int = field(default=1, metadata=_help("run the eval N times and report how many answers differ"))
     seed: int = 0
-    deterministic: bool = field(default=True, metadata=_help("deterministic torch kernels, no TF32, fixed seeds"))
+    deterministic: bool = field(
+        default=True, metadata=_help("deterministic torch kernels, no TF32, no cuDNN attention, fixed seeds")
+    )
     vllm_batch_invariant: bool = field(
         default=True, metadata=_help("vLLM: VLLM_BATCH_INVARIANT=1 (answers independent of batching; H100+)")
     )
