@@ -116,7 +116,7 @@ def test_sft_killed_mid_run_resumes_from_its_checkpoint(tiny, train_file, tmp_pa
     while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint finish writing, then pull the plug without warning
+    # pull the plug without warning, possibly in the middle of writing the next checkpoint
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "looper_manifest.json").exists()
@@ -178,3 +178,14 @@ def test_a_hub_id_loads_from_the_local_hub_cache_offline(tiny, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[0] == "LlamaForCausalLM"
+
+
+def test_resume_skips_a_checkpoint_torn_by_a_kill(tmp_path):
+    from trainer.callbacks import last_complete_checkpoint
+
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-8").mkdir()  # killed before its state was written
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(tmp_path / "missing") is None

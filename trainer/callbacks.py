@@ -71,3 +71,22 @@ class JsonlMetrics(TrainerCallback):
         if logs and state.is_world_process_zero:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N that was written whole. The trainer writes trainer_state.json last, so a run
+    killed while saving leaves a newer folder without a readable one: resuming from it would fail."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
+    )
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s", path)
+            continue
+        return str(path)
+    return None

@@ -241,10 +241,9 @@ def _log_summary(history: list[dict]) -> dict:
 def run_dpo(config: DPOStageConfig) -> Path:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
-    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.data import DataError
     from trainer.modeling import load_tokenizer
 
@@ -306,7 +305,7 @@ def run_dpo(config: DPOStageConfig) -> Path:
     if not any(p.requires_grad for p in trainer.model.parameters()):
         raise ZeroGradientError("no trainable parameters: the DPO LoRA is frozen; nothing to train")
     initial = trainable_snapshot(trainer.model)
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)

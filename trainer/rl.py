@@ -215,9 +215,8 @@ def read_token(token_file: str | None) -> str | None:
 def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.modeling import load_tokenizer
 
     if config.algo == "grpo":
@@ -294,7 +293,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     )
     if kl_control is not None:
         kl_control.trainer = trainer
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     result = trainer.train(resume_from_checkpoint=resume)
 
     assert_finite_weights(trainer.model)

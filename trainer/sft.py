@@ -115,10 +115,9 @@ def training_precision() -> dict:
 
 def run_sft(config: SFTStageConfig) -> Path:
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.modeling import load_model, load_tokenizer
 
     out = Path(config.output_dir)
@@ -164,7 +163,7 @@ def run_sft(config: SFTStageConfig) -> Path:
         peft_config=lora_config(config),
         callbacks=[guard, JsonlMetrics(out / "metrics.jsonl")],
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
