@@ -3,12 +3,15 @@
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
+from looper.local_service import free_port
 from rollout_worker.client import ClientConfig
 from shared_schemas.models import ScoringWeights
 from trainer.data import generated_records, write_jsonl
@@ -133,3 +136,21 @@ def test_a_service_killed_mid_run_fails_the_run_clearly(format_model, prompts_fi
             del os.environ["LOOPER_SERVICE_TOKEN"]
     assert not (tmp_path / "rl" / "adapter_model.safetensors").exists()
     assert len((tmp_path / "rl" / "rewards.jsonl").read_text().splitlines()) == 1  # scored once, then failed
+
+
+def test_a_group_split_across_two_processes_is_scored_whole(tiny_model, prompts_file, regime_w_service, tmp_path):
+    """2 ranks x 2 completions, 4 generations per prompt: every group spans both ranks, yet the service
+    sees groups of 4 (the reward function gathers, scores whole groups on rank 0, and scatters)."""
+    out = tmp_path / "rl"
+    args = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "looper.cli", "rl"]
+    args += ["--model", str(tiny_model), "--train-file", str(prompts_file), "--output-dir", str(out)]
+    args += ["--service-url", regime_w_service.url, "--num-generations", "4", "--per-device-train-batch-size", "2"]
+    args += ["--steps-per-generation", "1", "--max-completion-length", "16", "--max-steps", "2", "--lora-r", "4"]
+    args += ["--save-steps", "1000", "--service-retries", "1"]
+    env = {**os.environ, "LOOPER_SERVICE_TOKEN": regime_w_service.token, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), *args[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [json.loads(line) for line in (out / "rewards.jsonl").read_text().splitlines()]
+    assert len(logged) == 2
+    assert all(row["completions"] == 4 and row["groups"] == 1 and row["min_group_size"] == 4 for row in logged)

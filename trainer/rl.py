@@ -138,6 +138,11 @@ def batch_metrics(results: list[ScoreResponse], rewards: list[float]) -> dict[st
     }
 
 
+def group_sizes(results: list[ScoreResponse]) -> dict[str, int]:
+    sizes = [len(r.trajectories) for r in results]
+    return {"groups": len(sizes), "min_group_size": min(sizes), "max_group_size": max(sizes)}
+
+
 class ServiceReward:
     """TRL reward function (async): every prompt's group scored by the service as one group."""
 
@@ -173,16 +178,16 @@ class ServiceReward:
             requests, placement = group_requests(ids, questions, golds, texts, self.mode)
             results = await self.score(requests)
             rewards = rewards_from(results, placement, self.mode)
-            payload = [(rewards, batch_metrics(results, rewards))]
+            payload = [(rewards, batch_metrics(results, rewards), group_sizes(results))]
         if state.num_processes > 1:
             broadcast_object_list(payload)
-        rewards, metrics = payload[0]
+        rewards, metrics, sizes_scored = payload[0]
         if log_metric is not None:
             for name, value in metrics.items():
                 log_metric(f"service/{name}", value)
         if self.log_path is not None and state.is_main_process:
             with self.log_path.open("a") as f:
-                f.write(json.dumps({"completions": len(rewards), **metrics}) + "\n")
+                f.write(json.dumps({"completions": len(rewards), **sizes_scored, **metrics}) + "\n")
         start = sum(sizes[: state.process_index])
         return rewards[start : start + len(local)]
 
