@@ -16,18 +16,19 @@ from rollout_worker.client import ClientConfig, ServiceClient
 async def _score(url: str, token: str, stub: bool):
     async with ServiceClient(ClientConfig(url=url, token=token)) as client:
         arms = await client.arms()
-        request = sample_group(random.Random(0), "demo-0", words=120, arms=[a.name for a in arms.arms])
+        request = sample_group(random.Random(1), "demo-1", words=120, arms=[a.name for a in arms.arms])
         return request, await client.score(request)
 
 
 def run_demo(stub: bool = False, port: int = 0) -> None:
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     with local_service(stub=stub, port=port) as service:
         console.print(f"service up at {service.url} (token generated for this run)")
         request, result = asyncio.run(_score(service.url, service.token, stub))
     console.print(f"[bold]Question[/bold] {request.question}\n[bold]Gold[/bold] {request.gold_answer}")
     table = Table(title=f"POST /v1/score  ({result.scorer_version}, path mode {result.path_mode})")
-    for column in ("arm", "answer", "correct", "s_end_i", "s_path_i", "s_cf_i", "quality", "reward"):
+    table.add_column("arm", no_wrap=True)
+    for column in ("answer", "correct", "s_end_i", "s_path_i", "s_cf_i", "quality", "reward"):
         table.add_column(column, justify="right")
     for t in result.trajectories:
         table.add_row(
