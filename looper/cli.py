@@ -145,6 +145,20 @@ def cmd_dpo(args: argparse.Namespace) -> None:
     print(f"adapter saved to {run_dpo(config_from_args(DPOStageConfig, args))}")
 
 
+def cmd_rft(args: argparse.Namespace) -> None:
+    from looper.config import config_from_args
+    from trainer.rft import RFTStageConfig, expert_iteration, run_rft
+
+    config = config_from_args(RFTStageConfig, args)
+    if config.expert_iteration:
+        adapters = expert_iteration(config)
+        print(
+            f"{len(adapters)} rounds; last adapter {adapters[-1]}; summary {Path(config.output_dir) / 'expert_iteration.json'}"
+        )
+    else:
+        print(f"adapter saved to {run_rft(config)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from looper.config import config_from_args
     from trainer.evaluate import EvalConfig, format_summary, run_eval
@@ -246,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     dpo = sub.add_parser("dpo", help="DPO with LoRA on the SFT model (TRL DPOTrainer), reference = frozen SFT")
     add_config_args(dpo, DPOStageConfig)
     dpo.set_defaults(func=cmd_dpo)
+
+    from trainer.rft import RFTStageConfig
+
+    rft = sub.add_parser(
+        "rft", help="rejection-sampling SFT on the best correct rollouts; expert iteration with --rounds N"
+    )
+    add_config_args(rft, RFTStageConfig)
+    rft.set_defaults(func=cmd_rft)
 
     from trainer.evaluate import EvalConfig
 

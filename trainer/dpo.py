@@ -238,7 +238,8 @@ def _log_summary(history: list[dict]) -> dict:
     return summary
 
 
-def run_dpo(config: DPOStageConfig) -> Path:
+def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
+    """`callbacks` run before the guards at every event (tests inject NaN gradients this way)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -300,7 +301,7 @@ def run_dpo(config: DPOStageConfig) -> Path:
         processing_class=tokenizer,
         peft_config=peft_config,
         # the zero-gradient guard must see the gradients before the non-finite guard may drop them
-        callbacks=[zero_guard, nonfinite_guard, JsonlMetrics(out / "metrics.jsonl")],
+        callbacks=[*callbacks, zero_guard, nonfinite_guard, JsonlMetrics(out / "metrics.jsonl")],
     )
     if not any(p.requires_grad for p in trainer.model.parameters()):
         raise ZeroGradientError("no trainable parameters: the DPO LoRA is frozen; nothing to train")

@@ -279,7 +279,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
     # the KL controller adds beta to the logs, so it runs before the metrics writer
-    extra = [guard, *([kl_control] if kl_control else []), JsonlMetrics(out / "metrics.jsonl"), *callbacks]
+    extra = [*callbacks, guard, *([kl_control] if kl_control else []), JsonlMetrics(out / "metrics.jsonl")]
     policy, source = load_policy(config.model)
     trainer = AlgoTrainer(
         model=policy,

@@ -113,22 +113,56 @@ def training_precision() -> dict:
     return {"bf16": False, "fp16": False, "use_cpu": True}
 
 
-def run_sft(config: SFTStageConfig) -> Path:
+def run_sft(config: SFTStageConfig, callbacks=()) -> Path:
+    """`callbacks` run before the non-finite guard at every event (tests inject NaN gradients this way)."""
+    from trainer.modeling import load_tokenizer
+
+    records = read_jsonl(config.train_file)[: config.max_examples]
+    tokenizer = load_tokenizer(config.model)
+    evaluation = None
+    if config.eval_file:
+        evaluation = prompt_completion_rows(read_jsonl(config.eval_file), tokenizer)
+    manifest = {
+        "stage": "sft",
+        "config": dataclasses.asdict(config),
+        "train_file_sha256": file_sha256(config.train_file),
+        "examples": len(records),
+    }
+    return train_prompt_completion(
+        config, tokenizer, prompt_completion_rows(records, tokenizer), manifest, evaluation, callbacks=callbacks
+    )
+
+
+def train_prompt_completion(
+    config,
+    tokenizer,
+    rows: list[dict],
+    manifest: dict,
+    eval_rows: list[dict] | None = None,
+    *,
+    callbacks=(),
+    policy=None,
+) -> Path:
+    """The SFT trainer on {prompt, completion} rows (loss on the completion only); SFT and RFT share it.
+
+    `config` has SFTStageConfig's training fields. `policy` is None (load `config.model`, save the LoRA as it
+    is: SFT) or `trainer.adapters.load_policy`'s (model, source): an adapter policy is merged in memory and
+    the new LoRA is saved folded over its base, as DPO and RL do. `manifest` gets the training results.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
-    from trainer.modeling import load_model, load_tokenizer
+    from trainer.modeling import load_model
 
     out = Path(config.output_dir)
     checkpoints = out / "checkpoints"
-    records = read_jsonl(config.train_file)[: config.max_examples]
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, quantization=config.quantization)
-    train = Dataset.from_list(prompt_completion_rows(records, tokenizer))
-    evaluation = None
-    if config.eval_file:
-        evaluation = Dataset.from_list(prompt_completion_rows(read_jsonl(config.eval_file), tokenizer))
+    if policy is None:
+        model, source = load_model(config.model, quantization=config.quantization), None
+    else:
+        model, source = policy
+    train = Dataset.from_list(rows)
+    evaluation = Dataset.from_list(eval_rows) if eval_rows is not None else None
 
     args = SFTConfig(
         output_dir=str(checkpoints),
@@ -161,7 +195,7 @@ def run_sft(config: SFTStageConfig) -> Path:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=lora_config(config),
-        callbacks=[guard, JsonlMetrics(out / "metrics.jsonl")],
+        callbacks=[*callbacks, guard, JsonlMetrics(out / "metrics.jsonl")],
     )
     resume = last_complete_checkpoint(checkpoints)
     if resume:
@@ -169,13 +203,16 @@ def run_sft(config: SFTStageConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=resume)
 
     assert_finite_weights(trainer.model)
-    trainer.model.save_pretrained(out)
+    if source is None:
+        trainer.model.save_pretrained(out)
+    else:
+        from trainer.adapters import save_stacked_adapter
+
+        manifest["model_source"] = {"kind": source.kind, "path": source.path, "base": source.base}
+        manifest["folded"] = save_stacked_adapter(trainer, out, source, f"{manifest['stage']}_delta")
     tokenizer.save_pretrained(out)
     manifest = {
-        "stage": "sft",
-        "config": dataclasses.asdict(config),
-        "train_file_sha256": file_sha256(config.train_file),
-        "examples": len(records),
+        **manifest,
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "nonfinite_skipped": guard.skipped,
