@@ -11,6 +11,11 @@ from pathlib import Path
 import yaml
 
 
+def help_text(text: str) -> dict:
+    """Field metadata that `add_config_args` turns into the flag's help: `field(default=..., metadata=help_text(...))`."""
+    return {"help": text}
+
+
 def _scalar_type(tp):
     """The parser for a field annotation: bool/int/float/str, Optional unwrapped, Literal as str."""
     origin = typing.get_origin(tp)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from looper.config import help_text
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.sft import LORA_TARGETS, file_sha256, training_precision, versions
 
@@ -39,50 +40,48 @@ log = logging.getLogger("looper.dpo")
 LOGGED = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class DPOStageConfig:
-    model: str = field(default="", metadata=_help("the SFT model: LoRA adapter dir, merged/base dir or hub id"))
-    pairs_file: str = field(default="", metadata=_help("preference pairs JSONL written by `looper prefs`"))
-    output_dir: str = field(default="runs/dpo", metadata=_help("adapter, tokenizer, manifest and checkpoints"))
-    base: str | None = field(default=None, metadata=_help("base model of an adapter (default: its recorded base)"))
+    model: str = field(default="", metadata=help_text("the SFT model: LoRA adapter dir, merged/base dir or hub id"))
+    pairs_file: str = field(default="", metadata=help_text("preference pairs JSONL written by `looper prefs`"))
+    output_dir: str = field(default="runs/dpo", metadata=help_text("adapter, tokenizer, manifest and checkpoints"))
+    base: str | None = field(default=None, metadata=help_text("base model of an adapter (default: its recorded base)"))
     pair_types: list[str] = field(
-        default_factory=lambda: ["correctness", "coherence"], metadata=_help("train on these pair types only")
+        default_factory=lambda: ["correctness", "coherence"], metadata=help_text("train on these pair types only")
     )
-    max_pairs: int | None = field(default=None, metadata=_help("use only the first N pairs"))
-    lora_r: int = field(default=16, metadata=_help("rank of the DPO LoRA"))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA alpha (scaling alpha/r = 2)"))
+    max_pairs: int | None = field(default=None, metadata=help_text("use only the first N pairs"))
+    lora_r: int = field(default=16, metadata=help_text("rank of the DPO LoRA"))
+    lora_alpha: int = field(default=32, metadata=help_text("LoRA alpha (scaling alpha/r = 2)"))
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     quantization: Literal["none", "4bit", "8bit"] = field(
-        default="none", metadata=_help("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
+        default="none", metadata=help_text("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
     )
-    learning_rate: float = field(default=5e-5, metadata=_help("5e-6 x 1 epoch did not move the weights (SPEC 5)"))
+    learning_rate: float = field(default=5e-5, metadata=help_text("5e-6 x 1 epoch did not move the weights (SPEC 5)"))
     num_train_epochs: float = 3.0
-    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: epochs decide)"))
-    per_device_train_batch_size: int = field(default=2, metadata=_help("pairs per device per micro-batch"))
+    max_steps: int = field(default=-1, metadata=help_text("stop after this many optimizer steps (-1: epochs decide)"))
+    per_device_train_batch_size: int = field(default=2, metadata=help_text("pairs per device per micro-batch"))
     gradient_accumulation_steps: int = 2
-    beta: float = field(default=0.1, metadata=_help("DPO beta: strength of the pull towards the reference"))
-    loss_type: str = field(default="sigmoid", metadata=_help("TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ..."))
-    max_length: int = field(default=1024, metadata=_help("prompt + completion tokens; longer is truncated"))
-    precompute_ref_log_probs: bool = field(
-        default=False, metadata=_help("compute reference log-probs once before training")
+    beta: float = field(default=0.1, metadata=help_text("DPO beta: strength of the pull towards the reference"))
+    loss_type: str = field(
+        default="sigmoid", metadata=help_text("TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...")
     )
-    warmup_steps: float = field(default=0.1, metadata=_help("warmup: steps if >= 1, else a fraction of all steps"))
+    max_length: int = field(default=1024, metadata=help_text("prompt + completion tokens; longer is truncated"))
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata=help_text("compute reference log-probs once before training")
+    )
+    warmup_steps: float = field(default=0.1, metadata=help_text("warmup: steps if >= 1, else a fraction of all steps"))
     lr_scheduler_type: str = "linear"
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
     gradient_checkpointing: bool = False
-    max_nonfinite_steps: int = field(default=10, metadata=_help("abort after more skipped non-finite steps"))
+    max_nonfinite_steps: int = field(default=10, metadata=help_text("abort after more skipped non-finite steps"))
     zero_grad_steps: int = field(
-        default=3, metadata=_help("abort if the first N optimizer steps all have a zero gradient (0: off)")
+        default=3, metadata=help_text("abort if the first N optimizer steps all have a zero gradient (0: off)")
     )
-    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+    report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
         if not self.model or not self.pairs_file:

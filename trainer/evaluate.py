@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from looper.config import help_text
 from rollout_worker.engines import Engine, GenerationRequest, make_engine
 from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 from shared_schemas.answers import extract_answer, parse_gold
@@ -47,38 +48,34 @@ RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype
 RESUME_KEYS += ("max_batch_size", "seed", "deterministic")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class EvalConfig:
-    model: str = field(default="", metadata=_help("hub id, local dir, .gguf, LoRA adapter dir or merged dir"))
-    data_file: str = field(default="", metadata=_help("JSONL of {question, answer[, id, cleaning_status]}"))
-    output_dir: str = field(default="runs/eval", metadata=_help("predictions.jsonl, summary.json, metrics.jsonl"))
-    name: str | None = field(default=None, metadata=_help("label in comparisons (default: the output dir's name)"))
-    base: str | None = field(default=None, metadata=_help("base model of an adapter (default: its recorded base)"))
+    model: str = field(default="", metadata=help_text("hub id, local dir, .gguf, LoRA adapter dir or merged dir"))
+    data_file: str = field(default="", metadata=help_text("JSONL of {question, answer[, id, cleaning_status]}"))
+    output_dir: str = field(default="runs/eval", metadata=help_text("predictions.jsonl, summary.json, metrics.jsonl"))
+    name: str | None = field(default=None, metadata=help_text("label in comparisons (default: the output dir's name)"))
+    base: str | None = field(default=None, metadata=help_text("base model of an adapter (default: its recorded base)"))
     engine: Literal["auto", "vllm", "hf"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto", metadata=_help("auto: bf16 on GPUs, fp32 on CPU; float32 for bit-stable answers")
+        default="auto", metadata=help_text("auto: bf16 on GPUs, fp32 on CPU; float32 for bit-stable answers")
     )
-    max_new_tokens: int = field(default=1024, metadata=_help("per answer; truncated answers are counted"))
-    max_questions: int | None = field(default=None, metadata=_help("only the first N rows (default: all)"))
-    chunk_size: int = field(default=256, metadata=_help("questions per engine call and per write (resume unit)"))
-    max_batch_size: int = field(default=64, metadata=_help("HF engine: rows per generate call"))
-    repeat: int = field(default=1, metadata=_help("run the eval N times and report how many answers differ"))
+    max_new_tokens: int = field(default=1024, metadata=help_text("per answer; truncated answers are counted"))
+    max_questions: int | None = field(default=None, metadata=help_text("only the first N rows (default: all)"))
+    chunk_size: int = field(default=256, metadata=help_text("questions per engine call and per write (resume unit)"))
+    max_batch_size: int = field(default=64, metadata=help_text("HF engine: rows per generate call"))
+    repeat: int = field(default=1, metadata=help_text("run the eval N times and report how many answers differ"))
     seed: int = 0
     deterministic: bool = field(
-        default=True, metadata=_help("deterministic torch kernels, no TF32, no cuDNN attention, fixed seeds")
+        default=True, metadata=help_text("deterministic torch kernels, no TF32, no cuDNN attention, fixed seeds")
     )
     vllm_batch_invariant: bool = field(
-        default=True, metadata=_help("vLLM: VLLM_BATCH_INVARIANT=1 (answers independent of batching; H100+)")
+        default=True, metadata=help_text("vLLM: VLLM_BATCH_INVARIANT=1 (answers independent of batching; H100+)")
     )
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
-    enforce_eager: bool = field(default=False, metadata=_help("vLLM: no CUDA graphs"))
+    enforce_eager: bool = field(default=False, metadata=help_text("vLLM: no CUDA graphs"))
 
     def __post_init__(self):
         if not self.model or not self.data_file:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from looper.config import help_text
 from shared_schemas.models import PreferencePair, RolloutRecord, RolloutTrajectory
 from trainer.data import DataError
 
@@ -52,29 +53,26 @@ CAPPED_TO_ZERO = "caps_are_zero"  # candidates existed but the caps keep none
 NO_GAP = "no_reward_gap"  # --pair-types coherence: no two correct trajectories differ enough
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class PrefsConfig:
-    rollouts_file: str = field(default="", metadata=_help("scored rollouts JSONL written by `looper rollouts`"))
-    output_file: str = field(default="runs/prefs.jsonl", metadata=_help("preference pairs JSONL (stats beside it)"))
+    rollouts_file: str = field(default="", metadata=help_text("scored rollouts JSONL written by `looper rollouts`"))
+    output_file: str = field(default="runs/prefs.jsonl", metadata=help_text("preference pairs JSONL (stats beside it)"))
     model: str = field(
-        default="", metadata=_help("policy model (base, adapter or merged dir, hub id) whose tokenizer renders prompts")
+        default="",
+        metadata=help_text("policy model (base, adapter or merged dir, hub id) whose tokenizer renders prompts"),
     )
-    tokenizer: str | None = field(default=None, metadata=_help("tokenizer source; overrides --model"))
-    base: str | None = field(default=None, metadata=_help("base model of an adapter (default: its recorded base)"))
+    tokenizer: str | None = field(default=None, metadata=help_text("tokenizer source; overrides --model"))
+    base: str | None = field(default=None, metadata=help_text("base model of an adapter (default: its recorded base)"))
     pair_types: list[str] = field(
         default_factory=lambda: list(PAIR_TYPES),
-        metadata=_help("which pairs to build: correctness,coherence; 'correctness' alone is the ablation baseline"),
+        metadata=help_text("which pairs to build: correctness,coherence; 'correctness' alone is the ablation baseline"),
     )
     coherence_threshold: float = field(
-        default=0.01, metadata=_help("coherence pairs need a per-trajectory reward gap strictly above this")
+        default=0.01, metadata=help_text("coherence pairs need a per-trajectory reward gap strictly above this")
     )
-    max_correctness_pairs: int = field(default=8, metadata=_help("cap of correctness pairs per question"))
-    max_coherence_pairs: int = field(default=2, metadata=_help("cap of coherence pairs per question"))
-    seed: int = field(default=0, metadata=_help("breaks ties between equal reward gaps when capping"))
+    max_correctness_pairs: int = field(default=8, metadata=help_text("cap of correctness pairs per question"))
+    max_coherence_pairs: int = field(default=2, metadata=help_text("cap of coherence pairs per question"))
+    seed: int = field(default=0, metadata=help_text("breaks ties between equal reward gaps when capping"))
 
     def __post_init__(self):
         if not self.rollouts_file:

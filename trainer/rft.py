@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from looper.config import help_text
 from shared_schemas.models import RolloutRecord, RolloutTrajectory
 from trainer.sft import LORA_TARGETS, PRESETS, file_sha256
 
@@ -38,62 +39,64 @@ SELECTIONS = ("regime_w", "any_correct")
 MANIFEST = "looper_manifest.json"
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class RFTStageConfig:
-    model: str = field(default="", metadata=_help("policy: base model, SFT adapter or merged dir"))
+    model: str = field(default="", metadata=help_text("policy: base model, SFT adapter or merged dir"))
     rollouts_file: str | None = field(
-        default=None, metadata=_help("scored rollouts JSONL (`looper rollouts`); without it: expert iteration")
+        default=None, metadata=help_text("scored rollouts JSONL (`looper rollouts`); without it: expert iteration")
     )
-    output_dir: str = field(default="runs/rft", metadata=_help("adapter, training rows, stats and manifest"))
-    base: str | None = field(default=None, metadata=_help("base model of an adapter (default: its recorded base)"))
+    output_dir: str = field(default="runs/rft", metadata=help_text("adapter, training rows, stats and manifest"))
+    base: str | None = field(default=None, metadata=help_text("base model of an adapter (default: its recorded base)"))
     selection: Literal["regime_w", "any_correct"] = field(
-        default="regime_w", metadata=_help("regime_w: highest reward first; any_correct: seeded random correct ones")
+        default="regime_w",
+        metadata=help_text("regime_w: highest reward first; any_correct: seeded random correct ones"),
     )
-    top_k: int = field(default=2, metadata=_help("at most this many distinct correct trajectories per question"))
+    top_k: int = field(default=2, metadata=help_text("at most this many distinct correct trajectories per question"))
     # expert iteration: rollouts with the current model -> RFT, `rounds` times
-    rounds: int = field(default=1, metadata=_help("expert-iteration rounds (each in output_dir/round-K)"))
+    rounds: int = field(default=1, metadata=help_text("expert-iteration rounds (each in output_dir/round-K)"))
     questions_file: str | None = field(
-        default=None, metadata=_help("expert iteration: JSONL of {id, question, answer}")
+        default=None, metadata=help_text("expert iteration: JSONL of {id, question, answer}")
     )
-    service_url: str = field(default="http://127.0.0.1:8000", metadata=_help("expert iteration: the reward service"))
-    token_file: str | None = field(default=None, metadata=_help("bearer token file (default: $LOOPER_SERVICE_TOKEN)"))
+    service_url: str = field(
+        default="http://127.0.0.1:8000", metadata=help_text("expert iteration: the reward service")
+    )
+    token_file: str | None = field(
+        default=None, metadata=help_text("bearer token file (default: $LOOPER_SERVICE_TOKEN)")
+    )
     engine: Literal["auto", "vllm", "hf"] = "auto"
-    max_questions: int = field(default=500, metadata=_help("expert iteration: questions rolled out per round"))
-    rollout_batch_size: int = field(default=16, metadata=_help("expert iteration: questions per engine call"))
-    max_new_tokens: int | None = field(default=None, metadata=_help("expert iteration: override the arms' limit"))
+    max_questions: int = field(default=500, metadata=help_text("expert iteration: questions rolled out per round"))
+    rollout_batch_size: int = field(default=16, metadata=help_text("expert iteration: questions per engine call"))
+    max_new_tokens: int | None = field(default=None, metadata=help_text("expert iteration: override the arms' limit"))
     label_free: bool = field(
-        default=False, metadata=_help("expert iteration: send no gold answers (correct = the majority pseudo-label)")
+        default=False,
+        metadata=help_text("expert iteration: send no gold answers (correct = the majority pseudo-label)"),
     )
     # the SFT stage's training fields
     preset: Literal["default", "aggressive"] = field(
-        default="default", metadata=_help("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
+        default="default", metadata=help_text("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
     )
-    lora_r: int | None = field(default=None, metadata=_help("overrides the preset"))
-    lora_alpha: int | None = field(default=None, metadata=_help("overrides the preset"))
+    lora_r: int | None = field(default=None, metadata=help_text("overrides the preset"))
+    lora_alpha: int | None = field(default=None, metadata=help_text("overrides the preset"))
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     quantization: Literal["none", "4bit", "8bit"] = field(
-        default="none", metadata=_help("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
+        default="none", metadata=help_text("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
     )
     learning_rate: float = 5e-5
     num_train_epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: epochs decide)"))
+    max_steps: int = field(default=-1, metadata=help_text("stop after this many optimizer steps (-1: epochs decide)"))
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 8
     max_length: int = 1024
-    warmup_steps: float = field(default=0.03, metadata=_help("warmup: steps if >= 1, else a fraction of all steps"))
+    warmup_steps: float = field(default=0.03, metadata=help_text("warmup: steps if >= 1, else a fraction of all steps"))
     lr_scheduler_type: str = "linear"
-    seed: int = field(default=0, metadata=_help("training seed and the any_correct shuffle"))
+    seed: int = field(default=0, metadata=help_text("training seed and the any_correct shuffle"))
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
     gradient_checkpointing: bool = False
-    max_nonfinite_steps: int = field(default=10, metadata=_help("abort after more skipped non-finite steps"))
-    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+    max_nonfinite_steps: int = field(default=10, metadata=help_text("abort after more skipped non-finite steps"))
+    report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
         preset = PRESETS[self.preset]

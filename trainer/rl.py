@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from looper.config import help_text
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
 from trainer.adapters import load_policy, save_stacked_adapter
@@ -30,41 +31,39 @@ TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 RewardMode = Literal["regime_w", "correctness", "label_free"]
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class RLStageConfig:
-    model: str = field(default="", metadata=_help("the SFT model: adapter dir, merged dir, local dir or hub id"))
-    train_file: str = field(default="", metadata=_help("JSONL of {id, question, answer} prompts"))
+    model: str = field(default="", metadata=help_text("the SFT model: adapter dir, merged dir, local dir or hub id"))
+    train_file: str = field(default="", metadata=help_text("JSONL of {id, question, answer} prompts"))
     output_dir: str = "runs/rl"
     algo: Literal["grpo", "rloo"] = "grpo"
     reward: RewardMode = field(
         default="regime_w",
-        metadata=_help("regime_w: per-trajectory Regime W; correctness: 1.0/-0.5 only (ablation); "
+        metadata=help_text("regime_w: per-trajectory Regime W; correctness: 1.0/-0.5 only (ablation); "
                        "label_free: no gold, majority pseudo-labels"),
     )  # fmt: skip
     service_url: str = "http://127.0.0.1:8000"
-    token_file: str | None = field(default=None, metadata=_help(f"bearer token file (default: ${TOKEN_ENV})"))
-    service_retries: int = field(default=5, metadata=_help("retries (exponential backoff) before the run fails"))
+    token_file: str | None = field(default=None, metadata=help_text(f"bearer token file (default: ${TOKEN_ENV})"))
+    service_retries: int = field(default=5, metadata=help_text("retries (exponential backoff) before the run fails"))
     service_timeout_s: float = 120.0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     learning_rate: float = 5e-6
-    num_generations: int = field(default=8, metadata=_help("completions per prompt: one scored group"))
-    per_device_train_batch_size: int = field(default=32, metadata=_help("completions per optimizer step (mini-batch)"))
+    num_generations: int = field(default=8, metadata=help_text("completions per prompt: one scored group"))
+    per_device_train_batch_size: int = field(
+        default=32, metadata=help_text("completions per optimizer step (mini-batch)")
+    )
     steps_per_generation: int = field(
-        default=4, metadata=_help("optimizer steps per generation round: 4 x 32 = 128 completions = 16 prompts x 8")
+        default=4, metadata=help_text("optimizer steps per generation round: 4 x 32 = 128 completions = 16 prompts x 8")
     )
     gradient_accumulation_steps: int = 1
     max_completion_length: int = 384
     temperature: float = 1.0
-    beta: float = field(default=0.04, metadata=_help("initial KL coefficient"))
-    target_kl: float | None = field(default=0.1, metadata=_help("adapt beta towards this KL (None: fixed beta)"))
-    kl_horizon: int = field(default=10, metadata=_help("steps over which beta moves towards the target"))
+    beta: float = field(default=0.04, metadata=help_text("initial KL coefficient"))
+    target_kl: float | None = field(default=0.1, metadata=help_text("adapt beta towards this KL (None: fixed beta)"))
+    kl_horizon: int = field(default=10, metadata=help_text("steps over which beta moves towards the target"))
     max_steps: int = -1
     num_train_epochs: float = 1.0
     max_prompts: int | None = None
@@ -73,10 +72,10 @@ class RLStageConfig:
     save_steps: int = 50
     save_total_limit: int = 2
     max_nonfinite_steps: int = 10
-    gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for memory"))
-    use_vllm: bool = field(default=False, metadata=_help("generate with vLLM (TRL colocate mode on one GPU)"))
+    gradient_checkpointing: bool = field(default=False, metadata=help_text("trade compute for memory"))
+    use_vllm: bool = field(default=False, metadata=help_text("generate with vLLM (TRL colocate mode on one GPU)"))
     vllm_gpu_memory_utilization: float = 0.3
-    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+    report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
         if not self.model or not self.train_file:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from looper.config import help_text
 from trainer.data import read_jsonl
 from trainer.prompts import build_prompt, solution_target
 
@@ -24,42 +25,38 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 PRESETS = {"default": {"lora_r": 64, "lora_alpha": 16}, "aggressive": {"lora_r": 128, "lora_alpha": 32}}
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class SFTStageConfig:
-    model: str = field(default="", metadata=_help("base model: hub id, local dir or .gguf file"))
-    train_file: str = field(default="", metadata=_help("JSONL of {id, question, answer}"))
-    output_dir: str = field(default="runs/sft", metadata=_help("adapter, tokenizer, manifest and checkpoints"))
-    eval_file: str | None = field(default=None, metadata=_help("optional JSONL scored for eval loss"))
+    model: str = field(default="", metadata=help_text("base model: hub id, local dir or .gguf file"))
+    train_file: str = field(default="", metadata=help_text("JSONL of {id, question, answer}"))
+    output_dir: str = field(default="runs/sft", metadata=help_text("adapter, tokenizer, manifest and checkpoints"))
+    eval_file: str | None = field(default=None, metadata=help_text("optional JSONL scored for eval loss"))
     preset: Literal["default", "aggressive"] = field(
-        default="default", metadata=_help("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
+        default="default", metadata=help_text("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
     )
-    lora_r: int | None = field(default=None, metadata=_help("overrides the preset"))
-    lora_alpha: int | None = field(default=None, metadata=_help("overrides the preset"))
+    lora_r: int | None = field(default=None, metadata=help_text("overrides the preset"))
+    lora_alpha: int | None = field(default=None, metadata=help_text("overrides the preset"))
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     quantization: Literal["none", "4bit", "8bit"] = field(
-        default="none", metadata=_help("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
+        default="none", metadata=help_text("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
     )
     learning_rate: float = 5e-5
     num_train_epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: epochs decide)"))
+    max_steps: int = field(default=-1, metadata=help_text("stop after this many optimizer steps (-1: epochs decide)"))
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 8
     max_length: int = 1024
-    warmup_steps: float = field(default=0.03, metadata=_help("warmup: steps if >= 1, else a fraction of all steps"))
+    warmup_steps: float = field(default=0.03, metadata=help_text("warmup: steps if >= 1, else a fraction of all steps"))
     lr_scheduler_type: str = "linear"
-    max_examples: int | None = field(default=None, metadata=_help("use only the first N records"))
+    max_examples: int | None = field(default=None, metadata=help_text("use only the first N records"))
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
     gradient_checkpointing: bool = False
-    max_nonfinite_steps: int = field(default=10, metadata=_help("abort after more skipped non-finite steps"))
-    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb"))
+    max_nonfinite_steps: int = field(default=10, metadata=help_text("abort after more skipped non-finite steps"))
+    report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
         preset = PRESETS[self.preset]
