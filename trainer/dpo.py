@@ -33,7 +33,7 @@ from typing import Literal
 
 from looper.config import help_text
 from trainer.adapters import load_policy, save_stacked_adapter
-from trainer.sft import LORA_TARGETS, file_sha256, training_precision, versions
+from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, training_precision, versions
 
 log = logging.getLogger("looper.dpo")
 
@@ -278,8 +278,7 @@ def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
         save_total_limit=config.save_total_limit,
         report_to=config.report_to,
         logging_nan_inf_filter=False,
-        # TRL defaults gradient_checkpointing to True; transformers 5 names it activation_checkpointing
-        activation_checkpointing=config.gradient_checkpointing,
+        **checkpointing(DPOConfig, config.gradient_checkpointing),
         **training_precision(),
     )
     peft_config = LoraConfig(

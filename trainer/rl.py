@@ -24,7 +24,7 @@ from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.data import read_jsonl
 from trainer.prompts import build_prompt
-from trainer.sft import LORA_TARGETS, file_sha256, training_precision, versions
+from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, training_precision, versions
 
 log = logging.getLogger("looper.rl")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
@@ -272,7 +272,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         logging_nan_inf_filter=False,
-        activation_checkpointing=config.gradient_checkpointing,
+        **checkpointing(AlgoConfig, config.gradient_checkpointing),
         **training_precision(),
     )
     guard = NonFiniteGuard(config.max_nonfinite_steps)

@@ -110,6 +110,13 @@ def training_precision() -> dict:
     return {"bf16": False, "fp16": False, "use_cpu": True}
 
 
+def checkpointing(config_class, enabled: bool) -> dict:
+    """TRL turns activation checkpointing on unless told; transformers renamed the flag in 5.2x
+    (gradient_checkpointing -> activation_checkpointing), so say it in the installed version's words."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def run_sft(config: SFTStageConfig, callbacks=()) -> Path:
     """`callbacks` run before the non-finite guard at every event (tests inject NaN gradients this way)."""
     from trainer.modeling import load_tokenizer
@@ -181,7 +188,7 @@ def train_prompt_completion(
         eval_strategy="epoch" if evaluation is not None else "no",
         logging_nan_inf_filter=False,
         **training_precision(),
-        activation_checkpointing=config.gradient_checkpointing,  # TRL turns it on unless told
+        **checkpointing(SFTConfig, config.gradient_checkpointing),
     )
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     out.mkdir(parents=True, exist_ok=True)
