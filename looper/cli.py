@@ -185,6 +185,12 @@ def cmd_rl(args: argparse.Namespace) -> None:
     print(f"adapter saved to {run_rl(config_from_args(RLStageConfig, args))}")
 
 
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from trainer.pipeline import config_from_args, print_summary, run_pipeline
+
+    print_summary(run_pipeline(config_from_args(args)))
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from trainer.modeling import convert_to_dir
 
@@ -290,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     rl = sub.add_parser("rl", help="online RL (TRL GRPO or RLOO) with rewards from the service over HTTP")
     add_config_args(rl, RLStageConfig)
     rl.set_defaults(func=cmd_rl)
+
+    from trainer.pipeline import add_pipeline_args
+
+    pipeline = sub.add_parser(
+        "pipeline", help="data -> sft -> rollouts -> prefs -> dpo -> rl -> eval -> compare, resumable (--preset)"
+    )
+    add_pipeline_args(pipeline)
+    pipeline.set_defaults(func=cmd_pipeline)
 
     convert = sub.add_parser("convert", help="save any model source (e.g. a .gguf file) as a safetensors dir")
     convert.add_argument("--model", required=True)

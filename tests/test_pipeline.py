@@ -1,0 +1,129 @@
+"""`looper pipeline` end to end on the tiny format model: every stage against a service it starts itself,
+then a rerun that skips everything, then one changed DPO setting that reruns DPO and what reads it only."""
+
+import json
+
+import pytest
+import torch
+
+from looper.cli import main
+from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_config, run_pipeline
+
+TRAIN = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, lora_r=4, lora_alpha=8, save_steps=1000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads; on a shared 2-core machine two OpenMP threads run ~8x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_values(model, work_dir) -> dict:
+    return {
+        "model": str(model),
+        "work_dir": str(work_dir),
+        "generated": 8,
+        "generated_eval": 6,
+        "seed": 11,  # questions on which some of the format model's answers agree (see test_rft)
+        "start_service": True,
+        "engine": "hf",
+        "sft": {**TRAIN, "max_steps": 2, "learning_rate": 1e-4, "max_length": 256, "warmup_steps": 0},
+        # label-free: the majority answer counts as correct, so the rollouts hold both correct and wrong arms
+        "rollouts": {"max_questions": 8, "batch_size": 8, "max_new_tokens": 96, "dtype": "float32", "label_free": True},
+        "dpo": {**TRAIN, "max_steps": 2, "learning_rate": 5e-3, "max_length": 256, "warmup_steps": 0,
+                "zero_grad_steps": 0},
+        "rl": {"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 4, "steps_per_generation": 1,
+               "max_completion_length": 24, "lora_r": 4, "learning_rate": 1e-3, "save_steps": 1000,
+               "service_retries": 1},
+        "eval": {"max_new_tokens": 48, "dtype": "float32", "chunk_size": 8, "max_batch_size": 8},
+        "compare": {"n_resamples": 200},
+    }  # fmt: skip
+
+
+def manifest_stamps(work) -> dict:
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in work.rglob(MANIFEST)}
+
+
+def test_every_stage_runs_then_a_rerun_skips_and_a_change_reruns_only_what_follows(format_model, tmp_path, capsys):
+    work = tmp_path / "pipe"
+    summary = run_pipeline(build_config(values=tiny_values(format_model, work)))
+    evals = [f"eval:generated_eval:{m}" for m in ("base", "sft", "dpo", "rl")]
+    units = ["data", "sft", "rollouts", "prefs", "dpo", "rl", *evals, "compare:generated_eval"]
+    assert summary["ran"] == units and summary["skipped"] == []
+    assert (work / "data" / "generated_train.jsonl").is_file() and (work / "data" / "generated_eval.jsonl").is_file()
+    for stage in ("sft", "dpo", "rl"):
+        assert (work / stage / "adapter_config.json").is_file()
+    assert (work / "rollouts" / "rollouts.jsonl").is_file() and (work / "prefs" / "pairs.jsonl").is_file()
+    for model in ("base", "sft", "dpo", "rl"):
+        assert (work / "eval" / "generated_eval" / model / "summary.json").is_file()
+    stamps = manifest_stamps(work)
+    assert len(stamps) == len(units)
+    dpo_manifest = json.loads((work / "dpo" / MANIFEST).read_text())
+    assert dpo_manifest["config"]["learning_rate"] == 5e-3 and set(dpo_manifest["inputs"]) == {"sft", "prefs"}
+    assert len(dpo_manifest["hash"]) == 64
+    report = work / "compare" / "generated_eval" / "report.md"
+    assert report.is_file() and (report.parent / "accuracy.png").is_file()
+    comparison = json.loads((report.parent / "comparison.json").read_text())
+    assert [m["name"] for m in comparison["models"]] == ["base", "sft", "dpo", "rl"]
+    assert summary["reports"] == {"generated_eval": str(report)}
+
+    # a rerun (through the CLI, with a new service port and token) skips every stage and starts no service
+    args = ["pipeline", "--model", str(format_model), "--work-dir", str(work), "--config", str(tmp_path / "p.yaml")]
+    values = tiny_values(format_model, work)
+    (tmp_path / "p.yaml").write_text(json.dumps({k: v for k, v in values.items() if k not in ("model", "work_dir")}))
+    capsys.readouterr()
+    main(args)
+    printed = capsys.readouterr().out
+    assert "ran: -" in printed and "base" in printed and str(report) in printed
+    assert manifest_stamps(work) == stamps
+    assert json.loads((work / "pipeline_summary.json").read_text())["skipped"] == units
+
+    # a new DPO learning rate reruns DPO, its eval and the comparison; nothing before it, nor RL
+    main([*args, "--set", "dpo.learning_rate=2e-3"])
+    after = json.loads((work / "pipeline_summary.json").read_text())
+    assert after["ran"] == ["dpo", "eval:generated_eval:dpo", "compare:generated_eval"]
+    changed = {k for k, v in manifest_stamps(work).items() if stamps[k] != v}
+    assert changed == {f"dpo/{MANIFEST}", f"eval/generated_eval/dpo/{MANIFEST}", f"compare/generated_eval/{MANIFEST}"}
+    assert json.loads((work / "dpo" / MANIFEST).read_text())["config"]["learning_rate"] == 2e-3
+
+
+def test_presets_and_overrides_merge_per_stage():
+    demo = build_config("demo", {"model": "models/smol", "dpo": {"learning_rate": 1e-6}})
+    assert demo.engine == "hf" and demo.generated > 0 and demo.start_service
+    assert demo.dpo["learning_rate"] == 1e-6 and demo.dpo["max_steps"] == PRESETS["demo"]["dpo"]["max_steps"]
+    big = build_config("h100-8b")
+    assert big.model == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" and big.quantization == "4bit"
+    assert build_config("gpu-small").engine == "vllm"
+    with pytest.raises(ValueError, match="unknown stage"):
+        build_config("demo", {"model": "m", "stages": ["sft", "nope"]})
+    with pytest.raises(ValueError, match="unknown pipeline field"):
+        build_config("demo", {"model": "m", "learning_rate": 1.0})
+
+
+def test_a_killed_stage_continues_in_place_and_a_changed_one_starts_over(tmp_path):
+    pipeline = Pipeline(
+        build_config(values={"model": "m", "generated": 2, "generated_eval": 2, "work_dir": str(tmp_path)})
+    )
+    calls = []
+
+    def work(fail: bool):
+        calls.append(sorted(p.name for p in (tmp_path / "s").iterdir()))
+        (tmp_path / "s" / "partial").write_text("x")
+        if fail:
+            raise KeyboardInterrupt("killed")
+
+    def unit(config: dict, fail: bool) -> Unit:
+        return Unit("s", "s", tmp_path / "s", config, [], lambda: work(fail), [tmp_path / "s" / "partial"])
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_unit(unit({"lr": 1}, fail=True))
+    assert not (tmp_path / "s" / MANIFEST).exists()
+    pipeline.run_unit(unit({"lr": 1}, fail=False))  # same config: the partial output is kept
+    assert calls[1] == ["partial", PENDING]
+    pipeline.run_unit(unit({"lr": 1}, fail=False))
+    assert pipeline.summary["skipped"] == ["s"] and len(calls) == 2
+    pipeline.run_unit(unit({"lr": 2}, fail=False))  # changed: the directory starts empty
+    assert calls[2] == [PENDING] and pipeline.summary["ran"] == ["s", "s"]

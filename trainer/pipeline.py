@@ -1,0 +1,631 @@
+"""`looper pipeline`: data -> sft -> rollouts -> prefs -> dpo -> rl -> eval (every model) -> compare.
+
+Each stage writes under `work_dir/<stage>/` and, when it is done, a `stage_manifest.json` holding the
+stage's resolved config, the hashes of its inputs (the upstream stages' hashes) and a hash of both.
+A rerun SKIPS a stage whose manifest hash matches and RERUNS it (from scratch) when the hash differs; a
+stage killed half-way (no manifest, a `stage_pending.json` with the same hash) continues from its own
+checkpoints / resumable output. Evals are one unit per (eval set, model): `work_dir/eval/<set>/<model>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from looper.config import help_text
+
+log = logging.getLogger("looper.pipeline")
+
+STAGES = ("data", "sft", "rollouts", "prefs", "dpo", "rl", "eval", "compare")
+STAGE_SETTINGS = ("data", "sft", "rollouts", "prefs", "dpo", "rl", "eval", "compare")
+MANIFEST = "stage_manifest.json"
+PENDING = "stage_pending.json"
+MODELS = ("base", "sft", "dpo", "rl")
+# per-run values (a started service gets a new port and token each time): not part of any hash
+UNHASHED = ("service_url", "token_file")
+
+PRESETS: dict[str, dict] = {
+    # CPU: a converted SmolLM2-135M-Instruct dir given by --model, generated problems, the HF engine
+    "demo": {
+        "work_dir": "runs/pipeline-demo",
+        "generated": 400,
+        "generated_eval": 100,
+        "start_service": True,
+        "engine": "hf",
+        "sft": {
+            "max_steps": 60,
+            "learning_rate": 2e-4,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "max_length": 384,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "warmup_steps": 0.05,
+            "logging_steps": 5,
+            "save_steps": 20,
+        },
+        "rollouts": {"max_questions": 24, "batch_size": 8, "max_new_tokens": 160, "dtype": "float32"},
+        "prefs": {},
+        "dpo": {
+            "max_steps": 20,
+            "learning_rate": 5e-5,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "max_length": 512,
+            "logging_steps": 5,
+            "save_steps": 10,
+        },
+        "rl": {
+            "max_steps": 10,
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,
+            "steps_per_generation": 1,
+            "max_completion_length": 160,
+            "learning_rate": 5e-6,
+            "save_steps": 5,
+        },
+        "eval": {"max_new_tokens": 256, "dtype": "float32", "max_batch_size": 16, "chunk_size": 32},
+        "compare": {"n_resamples": 2000},
+    },  # fmt: skip
+    # one GPU: Qwen2.5-Coder-0.5B-Instruct, GSM8K + Platinum, vLLM for rollouts and evals
+    "gpu-small": {
+        "model": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        "work_dir": "runs/pipeline-gpu-small",
+        "gsm8k": "openai/gsm8k",
+        "platinum": "madrylab/gsm8k-platinum",
+        "start_service": True,
+        "engine": "vllm",
+        "sft": {
+            "max_steps": 500,
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 2,
+            "save_steps": 100,
+        },
+        "rollouts": {"max_questions": 500, "batch_size": 64},
+        "dpo": {"max_steps": 300, "per_device_train_batch_size": 4, "save_steps": 100},
+        "rl": {"max_steps": 200, "per_device_train_batch_size": 16, "max_prompts": 2000, "save_steps": 50},
+        "eval": {"max_new_tokens": 512},
+    },
+    # H100: DeepSeek-R1-Distill-Llama-8B with 4-bit QLoRA, the stages' own (SPEC 4) defaults, vLLM
+    "h100-8b": {
+        "model": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        "work_dir": "runs/pipeline-h100-8b",
+        "gsm8k": "openai/gsm8k",
+        "platinum": "madrylab/gsm8k-platinum",
+        "start_service": True,
+        "engine": "vllm",
+        "quantization": "4bit",
+        "sft": {"gradient_checkpointing": True},
+        "dpo": {"gradient_checkpointing": True},
+        "rl": {"gradient_checkpointing": True},
+        "eval": {"max_new_tokens": 1024},
+    },
+}
+
+
+@dataclass
+class PipelineConfig:
+    model: str = field(default="", metadata=help_text("base model: hub id, local dir or .gguf file"))
+    work_dir: str = field(default="runs/pipeline", metadata=help_text("every stage writes under work_dir/<stage>/"))
+    gsm8k: str | None = field(default=None, metadata=help_text("GSM8K hub id or local path (train/dev)"))
+    platinum: str | None = field(default=None, metadata=help_text("GSM8K-Platinum hub id or local path (eval set)"))
+    generated: int = field(default=0, metadata=help_text("N generated training problems"))
+    generated_eval: int = field(default=0, metadata=help_text("M held-out generated problems (eval set)"))
+    dev_fraction: float = 0.2
+    seed: int = 0
+    service_url: str = field(default="http://127.0.0.1:8000", metadata=help_text("reward service (if not started)"))
+    token_file: str | None = field(
+        default=None, metadata=help_text("bearer token file (default: $LOOPER_SERVICE_TOKEN)")
+    )
+    start_service: bool = field(
+        default=False, metadata=help_text("start `looper serve` on 127.0.0.1 and stop it after")
+    )
+    stub_service: bool = field(default=False, metadata=help_text("with start_service: the public stub scorer"))
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=help_text("stages to run"))
+    data: dict = field(default_factory=dict)
+    sft: dict = field(default_factory=dict)
+    rollouts: dict = field(default_factory=dict)
+    prefs: dict = field(default_factory=dict)
+    dpo: dict = field(default_factory=dict)
+    rl: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    compare: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        if not self.model:
+            raise ValueError("model is required (--model)")
+        if not (self.gsm8k or self.generated):
+            raise ValueError("no training data: give gsm8k or generated N")
+        if not (self.platinum or self.generated_eval or self.gsm8k):
+            raise ValueError("no eval set: give platinum, generated_eval M or gsm8k (its dev split)")
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Override's keys win; nested dicts (the per-stage settings) merge key by key."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_preset(name: str) -> dict:
+    if name in PRESETS:
+        return copy.deepcopy(PRESETS[name])
+    path = Path(name)
+    if path.is_file():
+        return yaml.safe_load(path.read_text()) or {}
+    raise ValueError(f"unknown preset {name!r}: one of {', '.join(PRESETS)} or a YAML file")
+
+
+def build_config(preset: str | None = None, values: dict | None = None) -> PipelineConfig:
+    merged = merge(load_preset(preset) if preset else {}, values or {})
+    names = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = set(merged) - names
+    if unknown:
+        raise ValueError(f"unknown pipeline field(s) {', '.join(sorted(unknown))}")
+    return PipelineConfig(**merged)
+
+
+def digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_config(cls, defaults: dict, overrides: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(sorted(unknown))}")
+    from looper.config import _scalar_type
+
+    hints = typing.get_type_hints(cls)
+    overrides = dict(overrides)
+    for key, value in overrides.items():
+        kind = _scalar_type(hints[key])
+        if isinstance(value, str) and kind in (int, float):
+            overrides[key] = kind(value)  # YAML reads 2e-3 as a string
+        elif isinstance(value, str) and kind is list:
+            overrides[key] = [v.strip() for v in value.split(",") if v.strip()]
+    return cls(**{**{k: v for k, v in defaults.items() if k in names}, **overrides})
+
+
+def hashed(config) -> dict:
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {k: v for k, v in values.items() if k not in UNHASHED}
+
+
+@dataclass
+class Unit:
+    """One resumable step: a directory, a config, the units it reads, and how to run it."""
+
+    name: str
+    stage: str
+    dir: Path
+    config: object
+    inputs: list[str]
+    run: typing.Callable[[], object]
+    outputs: list[Path] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.work = Path(config.work_dir)
+        self.hashes: dict[str, str] = {}
+        self.summary: dict = {"ran": [], "skipped": [], "stages": {}}
+        self._service = None
+        self._stack = contextlib.ExitStack()
+
+    # ---- the service, started only when a stage that needs it actually runs
+    def service(self) -> tuple[str, str | None]:
+        c = self.config
+        if not c.start_service:
+            return c.service_url, c.token_file
+        if self._service is None:
+            from looper.local_service import local_service
+
+            folder = self.work / "service"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._service = self._stack.enter_context(
+                local_service(stub=c.stub_service, log_path=folder / "service.log", ready_timeout_s=120.0)
+            )
+            token_file = folder / "token"
+            token_file.touch(mode=0o600)
+            token_file.write_text(self._service.token)
+            log.info("started looper serve at %s (log %s)", self._service.url, folder / "service.log")
+        return self._service.url, str(self.work / "service" / "token")
+
+    # ---- the units
+    def data_files(self) -> dict[str, Path]:
+        c, d = self.config, self.work / "data"
+        train = d / ("train.jsonl" if c.gsm8k else "generated_train.jsonl")
+        evals = {}
+        if c.generated_eval:
+            evals["generated_eval"] = d / "generated_eval.jsonl"
+        if c.platinum:
+            evals["platinum"] = d / "platinum.jsonl"
+        if not evals and c.gsm8k:
+            evals["dev"] = d / "dev.jsonl"
+        return {"train": train, **{f"eval:{k}": v for k, v in evals.items()}}
+
+    def units(self) -> list[Unit]:
+        from rollout_worker.worker import RolloutConfig
+        from trainer.dpo import DPOStageConfig
+        from trainer.evaluate import EvalConfig
+        from trainer.prefs import PrefsConfig
+        from trainer.rl import RLStageConfig
+        from trainer.sft import SFTStageConfig
+
+        c, w = self.config, self.work
+        files = self.data_files()
+        train = str(files["train"])
+        sft_dir, dpo_dir, rl_dir = w / "sft", w / "dpo", w / "rl"
+        rollouts_file = w / "rollouts" / "rollouts.jsonl"
+        pairs_file = w / "prefs" / "pairs.jsonl"
+        common = {"engine": c.engine, "quantization": c.quantization, "seed": c.seed}
+        units: list[Unit] = []
+
+        data = {
+            "gsm8k": c.gsm8k,
+            "platinum": c.platinum,
+            "generated": c.generated,
+            "generated_eval": c.generated_eval,
+            "dev_fraction": c.dev_fraction,
+            "seed": c.seed,
+            **c.data,
+        }
+        units.append(Unit("data", "data", w / "data", data, [], lambda: self._data(data), list(files.values())))
+
+        sft = stage_config(
+            SFTStageConfig, {**common, "model": c.model, "train_file": train, "output_dir": str(sft_dir)}, c.sft
+        )
+        units.append(
+            Unit("sft", "sft", sft_dir, sft, ["data"], lambda: run_sft_stage(sft), [sft_dir / "adapter_config.json"])
+        )
+
+        rollouts = stage_config(
+            RolloutConfig,
+            {**common, "questions_file": train, "output_file": str(rollouts_file), "model": str(sft_dir)},
+            c.rollouts,
+        )
+        units.append(
+            Unit(
+                "rollouts",
+                "rollouts",
+                rollouts_file.parent,
+                rollouts,
+                ["data", "sft"],
+                lambda: self._rollouts(rollouts),
+                [rollouts_file],
+            )
+        )
+
+        prefs = stage_config(
+            PrefsConfig,
+            {**common, "rollouts_file": str(rollouts_file), "output_file": str(pairs_file), "model": str(sft_dir)},
+            c.prefs,
+        )
+        units.append(
+            Unit(
+                "prefs",
+                "prefs",
+                pairs_file.parent,
+                prefs,
+                ["sft", "rollouts"],
+                lambda: run_prefs_stage(prefs),
+                [pairs_file],
+            )
+        )
+
+        dpo = stage_config(
+            DPOStageConfig,
+            {**common, "model": str(sft_dir), "pairs_file": str(pairs_file), "output_dir": str(dpo_dir)},
+            c.dpo,
+        )
+        units.append(
+            Unit(
+                "dpo",
+                "dpo",
+                dpo_dir,
+                dpo,
+                ["sft", "prefs"],
+                lambda: run_dpo_stage(dpo),
+                [dpo_dir / "adapter_config.json"],
+            )
+        )
+
+        rl = stage_config(
+            RLStageConfig, {**common, "model": str(sft_dir), "train_file": train, "output_dir": str(rl_dir)}, c.rl
+        )
+        units.append(
+            Unit("rl", "rl", rl_dir, rl, ["data", "sft"], lambda: self._rl(rl), [rl_dir / "adapter_config.json"])
+        )
+
+        models = {
+            "base": (c.model, []),
+            "sft": (str(sft_dir), ["sft"]),
+            "dpo": (str(dpo_dir), ["dpo"]),
+            "rl": (str(rl_dir), ["rl"]),
+        }
+        for key, path in files.items():
+            if not key.startswith("eval:"):
+                continue
+            set_name = key.split(":", 1)[1]
+            evals = []
+            for name, (model, upstream) in models.items():
+                out = w / "eval" / set_name / name
+                ev = stage_config(
+                    EvalConfig,
+                    {**common, "model": model, "data_file": str(path), "output_dir": str(out), "name": name},
+                    c.eval,
+                )
+                units.append(
+                    Unit(
+                        f"eval:{set_name}:{name}",
+                        "eval",
+                        out,
+                        ev,
+                        ["data", *upstream],
+                        (lambda ev=ev: run_eval_stage(ev)),
+                        [out / "summary.json"],
+                    )
+                )
+                evals.append((name, out))
+            compare = {"mode": "strict", "n_resamples": 10_000, "seed": c.seed, "alpha": 0.05, **c.compare}
+            compare["runs"] = [str(o) for _, o in evals]
+            compare["names"] = [n for n, _ in evals]
+            out = w / "compare" / set_name
+            units.append(
+                Unit(
+                    f"compare:{set_name}", "compare", out, compare, [f"eval:{set_name}:{n}" for n, _ in evals],
+                    (lambda compare=compare, out=out: run_compare_stage(compare, out)), [out / "report.md"],
+                )
+            )  # fmt: skip
+        return units
+
+    def _data(self, values: dict):
+        from trainer.data import prepare_data
+
+        return prepare_data(self.work / "data", **values)
+
+    def _rollouts(self, config):
+        config.service_url, config.token_file = self.service()
+        from rollout_worker.worker import run_rollouts
+
+        return run_rollouts(config)
+
+    def _rl(self, config):
+        config.service_url, config.token_file = self.service()
+        from trainer.rl import run_rl
+
+        return str(run_rl(config))
+
+    # ---- skipping, resuming, rerunning
+    def run_unit(self, unit: Unit) -> None:
+        inputs = {name: self.hashes.get(name) for name in unit.inputs}
+        missing = [name for name, h in inputs.items() if h is None]
+        if missing:
+            raise RuntimeError(f"{unit.name} needs {', '.join(missing)}: run those stages first")
+        resolved = hashed(unit.config)
+        h = digest({"config": resolved, "inputs": inputs})
+        manifest_path, pending_path = unit.dir / MANIFEST, unit.dir / PENDING
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("hash") == h and all(p.exists() for p in unit.outputs):
+                log.info("%s: skipped (manifest hash matches)", unit.name)
+                self.hashes[unit.name] = h
+                self.summary["skipped"].append(unit.name)
+                self.summary["stages"][unit.name] = {"status": "skipped", "dir": str(unit.dir), "hash": h}
+                return
+            log.info("%s: config or inputs changed, rerunning from scratch", unit.name)
+            shutil.rmtree(unit.dir)
+        elif pending_path.is_file() and json.loads(pending_path.read_text()).get("hash") == h:
+            log.info("%s: continuing an interrupted run", unit.name)
+        elif unit.dir.exists():
+            shutil.rmtree(unit.dir)
+        unit.dir.mkdir(parents=True, exist_ok=True)
+        pending_path.write_text(json.dumps({"hash": h}) + "\n")
+        start = time.monotonic()
+        result = unit.run()
+        seconds = round(time.monotonic() - start, 2)
+        manifest = {
+            "stage": unit.stage,
+            "unit": unit.name,
+            "hash": h,
+            "config": resolved,
+            "inputs": inputs,
+            "outputs": [str(p) for p in unit.outputs],
+            "seconds": seconds,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        tmp.replace(manifest_path)
+        pending_path.unlink(missing_ok=True)
+        self.hashes[unit.name] = h
+        self.summary["ran"].append(unit.name)
+        self.summary["stages"][unit.name] = {"status": "ran", "dir": str(unit.dir), "hash": h, "seconds": seconds}
+        if unit.stage == "compare":
+            self.summary.setdefault("compare", {})[unit.name.split(":", 1)[1]] = result
+
+    def adopt(self, unit: Unit) -> None:
+        """A stage left out of `stages`: its finished output (manifest) still feeds the stages after it."""
+        manifest_path = unit.dir / MANIFEST
+        if manifest_path.is_file():
+            self.hashes[unit.name] = json.loads(manifest_path.read_text())["hash"]
+
+    def run(self) -> dict:
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "pipeline_config.json").write_text(
+            json.dumps(dataclasses.asdict(self.config), indent=2, default=str) + "\n"
+        )
+        with self._stack:
+            for unit in self.units():
+                if unit.stage in self.config.stages:
+                    self.run_unit(unit)
+                else:
+                    self.adopt(unit)
+        reports = {}
+        for unit_name, info in self.summary["stages"].items():
+            if unit_name.startswith("compare:"):
+                reports[unit_name.split(":", 1)[1]] = str(Path(info["dir"]) / "report.md")
+        self.summary["reports"] = reports
+        (self.work / "pipeline_summary.json").write_text(
+            json.dumps({k: v for k, v in self.summary.items() if k != "compare"}, indent=2, default=str) + "\n"
+        )
+        return self.summary
+
+
+def run_sft_stage(config):
+    from trainer.sft import run_sft
+
+    return str(run_sft(config))
+
+
+def run_prefs_stage(config):
+    from trainer.prefs import run_prefs
+
+    return run_prefs(config)
+
+
+def run_dpo_stage(config):
+    from trainer.dpo import run_dpo
+
+    return str(run_dpo(config))
+
+
+def run_eval_stage(config):
+    from trainer.evaluate import run_eval
+
+    return run_eval(config)
+
+
+def run_compare_stage(values: dict, out: Path) -> dict:
+    from trainer.compare import run_compare
+
+    return run_compare(
+        values["runs"],
+        out,
+        names=values["names"],
+        mode=values["mode"],
+        n_resamples=values["n_resamples"],
+        seed=values["seed"],
+        alpha=values["alpha"],
+    )
+
+
+def run_pipeline(config: PipelineConfig) -> dict:
+    return Pipeline(config).run()
+
+
+# ---- the command line
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help=f"{', '.join(PRESETS)} or a YAML file; the config file and flags override it")
+    parser.add_argument("--config", help="YAML file with any PipelineConfig field (per-stage settings as mappings)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STAGE.FIELD=VALUE",
+        help="a per-stage setting, e.g. --set dpo.learning_rate=1e-5 (value parsed as YAML); repeatable",
+    )
+    hints = typing.get_type_hints(PipelineConfig)
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in STAGE_SETTINGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        doc = f.metadata.get("help", "")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        elif f.name == "stages":
+            parser.add_argument(flag, dest=f.name, default=None, help=f"{doc} (comma-separated; default: all)")
+        elif typing.get_origin(tp) is Literal:
+            parser.add_argument(flag, dest=f.name, choices=typing.get_args(tp), default=None, help=doc)
+        else:
+            kind = int if tp is int else float if tp is float else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=doc)
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    values: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"looper: config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+    for f in dataclasses.fields(PipelineConfig):
+        value = getattr(args, f.name, None)
+        if value is None or f.name in STAGE_SETTINGS:
+            continue
+        if f.name == "stages":
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        values[f.name] = value
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not (sep and dot and stage in STAGE_SETTINGS and name):
+            raise SystemExit(
+                f"looper pipeline: --set {item!r}: expected STAGE.FIELD=VALUE, STAGE one of {STAGE_SETTINGS}"
+            )
+        values = merge(values, {stage: {name: yaml.safe_load(raw)}})
+    try:
+        return build_config(args.preset, values)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"looper pipeline: {exc}") from None
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"ran: {', '.join(summary['ran']) or '-'}", soft_wrap=True)
+    console.print(f"skipped: {', '.join(summary['skipped']) or '-'}", soft_wrap=True)
+    for set_name, report in summary.get("reports", {}).items():
+        result = summary.get("compare", {}).get(set_name)
+        if result is None:
+            path = Path(report).with_name("comparison.json")
+            result = json.loads(path.read_text()) if path.is_file() else None
+        if result:
+            mode = result.get("mode", "strict")
+            table = Table(title=f"{set_name}: {result.get('questions')} questions ({mode})")
+            for column in ("model", "strict", "95% CI", "flexible"):
+                table.add_column(column)
+            for m in result["models"]:
+                ci = m["strict"].get("ci95") or [None, None]
+                table.add_row(
+                    m["name"],
+                    _pct(m["strict"]["accuracy"]),
+                    f"[{_pct(ci[0])}, {_pct(ci[1])}]",
+                    _pct(m["flexible"]["accuracy"]),
+                )
+            console.print(table)
+            for p in result.get("pairs", []):
+                console.print(f"  {p['a']} - {p['b']}: {p['diff_points']:+.2f} pts -> {p['verdict']}")
+        console.print(f"report: {report}", soft_wrap=True, highlight=False)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
