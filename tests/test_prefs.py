@@ -4,9 +4,10 @@ import json
 import random
 
 import pytest
+from helpers import record, traj
 
 from looper.cli import main
-from shared_schemas.models import PreferencePair, RolloutRecord, RolloutTrajectory, ScoringWeights
+from shared_schemas.models import PreferencePair, RolloutRecord
 from trainer.modeling import load_tokenizer
 from trainer.prefs import (
     ALL_CORRECT_CORRECTNESS_ONLY,
@@ -22,37 +23,6 @@ from trainer.prefs import (
     stats_path,
 )
 from trainer.prompts import build_prompt
-
-
-def traj(arm: str, text: str, correct: bool, reward: float) -> RolloutTrajectory:
-    return RolloutTrajectory(
-        arm_name=arm,
-        text=text,
-        answer="12" if correct else "13",
-        correct=correct,
-        reward=reward,
-        quality=0.5,
-        coherence=0.5,
-    )
-
-
-def record(qid: str, trajectories: list[RolloutTrajectory], question: str | None = None) -> RolloutRecord:
-    return RolloutRecord(
-        question_id=qid,
-        question=question or f"Tom has 3 bags of 4 apples ({qid}). How many apples?",
-        gold_answer="#### 12",
-        trajectories=trajectories,
-        s_end=0.5,
-        s_path=0.5,
-        s_cf=0.5,
-        s_wm=0.5,
-        group_reward=1.2,
-        label_source="gold",
-        scorer_version="test",
-        weights=ScoringWeights(),
-        model="tiny",
-        engine="hf",
-    )
 
 
 def config(**overrides) -> PrefsConfig:

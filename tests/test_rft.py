@@ -5,9 +5,10 @@ import json
 
 import pytest
 import torch
+from helpers import record, traj
 
 from looper.cli import main
-from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
+from shared_schemas.models import RolloutRecord
 from trainer.data import DataError, generated_records, write_jsonl
 from trainer.modeling import load_model, load_tokenizer
 from trainer.rft import RFTStageConfig, expert_iteration, run_rft, select_rows, select_trajectories
@@ -20,37 +21,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def traj(arm: str, text: str, correct: bool, reward: float) -> RolloutTrajectory:
-    return RolloutTrajectory(
-        arm_name=arm,
-        text=text,
-        answer="12" if correct else "13",
-        correct=correct,
-        reward=reward,
-        quality=0.5,
-        coherence=0.5,
-    )
-
-
-def record(qid: str, trajectories: list[RolloutTrajectory], question: str | None = None) -> RolloutRecord:
-    return RolloutRecord(
-        question_id=qid,
-        question=question or f"Tom has 3 bags of 4 apples ({qid}). How many apples?",
-        gold_answer="#### 12",
-        trajectories=trajectories,
-        s_end=0.5,
-        s_path=0.5,
-        s_cf=0.5,
-        s_wm=0.5,
-        group_reward=1.2,
-        label_source="gold",
-        scorer_version="test",
-        weights=ScoringWeights(),
-        model="tiny",
-        engine="hf",
-    )
 
 
 def mixed() -> RolloutRecord:
