@@ -33,7 +33,7 @@ from typing import Literal
 
 from looper.config import help_text
 from trainer.adapters import load_policy, save_stacked_adapter
-from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, training_precision, versions
+from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, lora_config, training_precision, versions
 
 log = logging.getLogger("looper.dpo")
 
@@ -240,7 +240,6 @@ def _log_summary(history: list[dict]) -> dict:
 def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
     """`callbacks` run before the guards at every event (tests inject NaN gradients this way)."""
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
@@ -281,13 +280,7 @@ def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
         **checkpointing(DPOConfig, config.gradient_checkpointing),
         **training_precision(),
     )
-    peft_config = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    peft_config = lora_config(config)
     zero_guard = zero_gradient_guard(config.zero_grad_steps)
     nonfinite_guard = NonFiniteGuard(config.max_nonfinite_steps)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,8 +60,13 @@ PRESETS: dict[str, dict] = {
         },
         # a 135M model solves almost none of the generated problems (0 of 132 trajectories with gold
         # labels), so the demo's rollouts are scored label-free: majority answers give DPO its pairs
-        "rollouts": {"max_questions": 12, "batch_size": 8, "max_new_tokens": 128, "dtype": "float32",
-                     "label_free": True},
+        "rollouts": {
+            "max_questions": 12,
+            "batch_size": 8,
+            "max_new_tokens": 128,
+            "dtype": "float32",
+            "label_free": True,
+        },
         "prefs": {},
         "dpo": {
             "max_steps": 10,

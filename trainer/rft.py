@@ -31,7 +31,7 @@ from typing import Literal
 
 from looper.config import help_text
 from shared_schemas.models import RolloutRecord, RolloutTrajectory
-from trainer.sft import LORA_TARGETS, PRESETS, file_sha256
+from trainer.sft import LoRATraining, file_sha256
 
 log = logging.getLogger("looper.rft")
 
@@ -40,7 +40,7 @@ MANIFEST = "looper_manifest.json"
 
 
 @dataclass
-class RFTStageConfig:
+class RFTStageConfig(LoRATraining):
     model: str = field(default="", metadata=help_text("policy: base model, SFT adapter or merged dir"))
     rollouts_file: str | None = field(
         default=None, metadata=help_text("scored rollouts JSONL (`looper rollouts`); without it: expert iteration")
@@ -71,37 +71,9 @@ class RFTStageConfig:
         default=False,
         metadata=help_text("expert iteration: send no gold answers (correct = the majority pseudo-label)"),
     )
-    # the SFT stage's training fields
-    preset: Literal["default", "aggressive"] = field(
-        default="default", metadata=help_text("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
-    )
-    lora_r: int | None = field(default=None, metadata=help_text("overrides the preset"))
-    lora_alpha: int | None = field(default=None, metadata=help_text("overrides the preset"))
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    quantization: Literal["none", "4bit", "8bit"] = field(
-        default="none", metadata=help_text("QLoRA: 4bit NF4 or 8bit base via bitsandbytes")
-    )
-    learning_rate: float = 5e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata=help_text("stop after this many optimizer steps (-1: epochs decide)"))
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
-    max_length: int = 1024
-    warmup_steps: float = field(default=0.03, metadata=help_text("warmup: steps if >= 1, else a fraction of all steps"))
-    lr_scheduler_type: str = "linear"
-    seed: int = field(default=0, metadata=help_text("training seed and the any_correct shuffle"))
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int = 2
-    gradient_checkpointing: bool = False
-    max_nonfinite_steps: int = field(default=10, metadata=help_text("abort after more skipped non-finite steps"))
-    report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
-        preset = PRESETS[self.preset]
-        self.lora_r = self.lora_r or preset["lora_r"]
-        self.lora_alpha = self.lora_alpha or preset["lora_alpha"]
+        super().__post_init__()
         if not self.model:
             raise ValueError("model is required")
         if self.selection not in SELECTIONS:

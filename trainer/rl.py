@@ -24,7 +24,7 @@ from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.data import read_jsonl
 from trainer.prompts import build_prompt
-from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, training_precision, versions
+from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, lora_config, training_precision, versions
 
 log = logging.getLogger("looper.rl")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
@@ -218,7 +218,6 @@ def read_token(token_file: str | None) -> str | None:
 
 def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     from datasets import Dataset
-    from peft import LoraConfig
 
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.modeling import load_tokenizer
@@ -286,13 +285,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(config),
         callbacks=extra,
     )
     if kl_control is not None:

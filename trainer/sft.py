@@ -26,11 +26,9 @@ PRESETS = {"default": {"lora_r": 64, "lora_alpha": 16}, "aggressive": {"lora_r":
 
 
 @dataclass
-class SFTStageConfig:
-    model: str = field(default="", metadata=help_text("base model: hub id, local dir or .gguf file"))
-    train_file: str = field(default="", metadata=help_text("JSONL of {id, question, answer}"))
-    output_dir: str = field(default="runs/sft", metadata=help_text("adapter, tokenizer, manifest and checkpoints"))
-    eval_file: str | None = field(default=None, metadata=help_text("optional JSONL scored for eval loss"))
+class LoRATraining:
+    """The training settings SFT and rejection-sampling SFT share (one trainer runs both)."""
+
     preset: Literal["default", "aggressive"] = field(
         default="default", metadata=help_text("LoRA size: default r=64 alpha=16; aggressive r=128 alpha=32")
     )
@@ -49,8 +47,7 @@ class SFTStageConfig:
     max_length: int = 1024
     warmup_steps: float = field(default=0.03, metadata=help_text("warmup: steps if >= 1, else a fraction of all steps"))
     lr_scheduler_type: str = "linear"
-    max_examples: int | None = field(default=None, metadata=help_text("use only the first N records"))
-    seed: int = 0
+    seed: int = field(default=0, metadata=help_text("training seed (RFT: also the any_correct shuffle)"))
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
@@ -62,6 +59,18 @@ class SFTStageConfig:
         preset = PRESETS[self.preset]
         self.lora_r = self.lora_r or preset["lora_r"]
         self.lora_alpha = self.lora_alpha or preset["lora_alpha"]
+
+
+@dataclass
+class SFTStageConfig(LoRATraining):
+    model: str = field(default="", metadata=help_text("base model: hub id, local dir or .gguf file"))
+    train_file: str = field(default="", metadata=help_text("JSONL of {id, question, answer}"))
+    output_dir: str = field(default="runs/sft", metadata=help_text("adapter, tokenizer, manifest and checkpoints"))
+    eval_file: str | None = field(default=None, metadata=help_text("optional JSONL scored for eval loss"))
+    max_examples: int | None = field(default=None, metadata=help_text("use only the first N records"))
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.model or not self.train_file:
             raise ValueError("model and train_file are required")
 
@@ -90,7 +99,8 @@ def prompt_completion_rows(records: list[dict], tokenizer) -> list[dict]:
     ]
 
 
-def lora_config(config: SFTStageConfig):
+def lora_config(config):
+    """A LoRA of the config's size (r, alpha, dropout, target modules): every stage that trains one."""
     from peft import LoraConfig
 
     return LoraConfig(
