@@ -1,4 +1,6 @@
-"""Hand-made scored rollouts for the tests of the stages that read them (prefs, RFT)."""
+"""Shared test pieces: hand-made scored rollouts (prefs, RFT) and the loss SFT-style stages optimise."""
+
+import torch
 
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
 
@@ -32,3 +34,15 @@ def record(qid: str, trajectories: list[RolloutTrajectory], question: str | None
         model="tiny",
         engine="hf",
     )
+
+
+def completion_loss(model, tokenizer, rows) -> float:
+    """Mean cross-entropy on the completion tokens only of {prompt, completion} rows."""
+    losses = []
+    for r in rows:
+        prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+        target = tokenizer(r["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        labels = torch.tensor([[-100] * len(prompt) + target])
+        with torch.no_grad():
+            losses.append(model(input_ids=torch.tensor([prompt + target]), labels=labels).loss.item())
+    return sum(losses) / len(losses)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import record, traj
+from helpers import completion_loss, record, traj
 
 from looper.cli import main
 from shared_schemas.models import RolloutRecord
@@ -88,17 +88,6 @@ def apples(i: int) -> RolloutRecord:
         ],
         question=f"Tom has {a} bags of {b} apples. How many apples?",
     )
-
-
-def completion_loss(model, tokenizer, rows) -> float:
-    losses = []
-    for r in rows:
-        prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        target = tokenizer(r["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        labels = torch.tensor([[-100] * len(prompt) + target])
-        with torch.no_grad():
-            losses.append(model(input_ids=torch.tensor([prompt + target]), labels=labels).loss.item())
-    return sum(losses) / len(losses)
 
 
 def rft_config(model, out, **overrides) -> RFTStageConfig:

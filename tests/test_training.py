@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import completion_loss
 
 from trainer.data import generated_records, write_jsonl
 from trainer.merge import MergeConfig, merge_adapter
 from trainer.modeling import ModelSourceError, load_model, load_tokenizer, resolve_source
-from trainer.prompts import build_prompt, solution_target
-from trainer.sft import SFTStageConfig, run_sft
+from trainer.prompts import build_prompt
+from trainer.sft import SFTStageConfig, prompt_completion_rows, run_sft
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +53,6 @@ def sft_config(tiny, train_file, out, **overrides) -> SFTStageConfig:
     return SFTStageConfig(**values)
 
 
-def completion_loss(model, tokenizer, records) -> float:
-    """Mean cross-entropy on the solution tokens only, as SFT optimises it."""
-    losses = []
-    for r in records:
-        prompt = tokenizer(build_prompt(r["question"], tokenizer), add_special_tokens=False)["input_ids"]
-        target = tokenizer(solution_target(r["answer"]) + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt + target])
-        labels = torch.tensor([[-100] * len(prompt) + target])
-        with torch.no_grad():
-            losses.append(model(input_ids=ids, labels=labels).loss.item())
-    return sum(losses) / len(losses)
-
-
 @pytest.fixture(scope="module")
 def sft_adapter(tiny, train_file, tmp_path_factory) -> Path:
     return run_sft(sft_config(tiny, train_file, tmp_path_factory.mktemp("sft") / "adapter"))
@@ -73,9 +61,9 @@ def sft_adapter(tiny, train_file, tmp_path_factory) -> Path:
 def test_sft_lowers_the_loss_and_changes_the_adapter(tiny, train_file, sft_adapter):
     records = [json.loads(line) for line in train_file.read_text().splitlines()]
     tokenizer = load_tokenizer(str(tiny))
-    before = completion_loss(load_model(str(tiny)), tokenizer, records)
+    before = completion_loss(load_model(str(tiny)), tokenizer, prompt_completion_rows(records, tokenizer))
     adapted = load_model(str(sft_adapter))
-    after = completion_loss(adapted, tokenizer, records)
+    after = completion_loss(adapted, tokenizer, prompt_completion_rows(records, tokenizer))
     assert after < before - 0.25, (before, after)
     lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero
