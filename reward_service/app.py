@@ -104,6 +104,20 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(status["code"])).inc()
 
 
+def replay_body(body: bytes, receive):
+    """An ASGI receive that hands the app a body already read, then the connection's own messages."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class BodySizeLimit:
     """Reads the body before the app does and answers 413 past the limit, declared or streamed."""
 
@@ -127,16 +141,7 @@ class BodySizeLimit:
                 return await self._too_large(send)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body, delivered = b"".join(chunks), False
-
-        async def replay():
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _too_large(self, send):
         body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
@@ -180,16 +185,7 @@ class ScoringFastPath:
         response = await handler(body)
         if response is not None:
             return await response(scope, receive, send)
-        delivered = False
-
-        async def replay():
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     def _plain(self, headers) -> bool:
         content_type = authorization = None
