@@ -95,3 +95,14 @@ def format_model(tiny_model, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("format") / "model"
     shutil.copytree(tiny_model, target)
     return teach_format(target)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A tiny model gains nothing from threads; on a shared 2-core machine two OpenMP threads run ~8x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ then a rerun that skips everything, then one changed DPO setting that reruns DPO
 import json
 
 import pytest
-import torch
 
 from looper.cli import main
 from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_config, run_pipeline
@@ -12,13 +11,7 @@ from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_c
 TRAIN = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, lora_r=4, lora_alpha=8, save_steps=1000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads; on a shared 2-core machine two OpenMP threads run ~8x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_values(model, work_dir) -> dict:

@@ -4,7 +4,6 @@ iteration for two rounds against the real Regime W service."""
 import json
 
 import pytest
-import torch
 from helpers import completion_loss, record, traj
 
 from looper.cli import main
@@ -13,14 +12,7 @@ from trainer.data import DataError, generated_records, write_jsonl
 from trainer.modeling import load_model, load_tokenizer
 from trainer.rft import RFTStageConfig, expert_iteration, run_rft, select_rows, select_trajectories
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads; on a shared 2-core machine two OpenMP threads run ~8x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mixed() -> RolloutRecord:
