@@ -1,59 +1,135 @@
-"""The one-node topology: docker-compose.yml validated by docker-compose itself, and the images' basics.
+"""The one-node topology: docker-compose.yml against the Compose Specification, and the images' basics.
 
-No Docker engine runs here, so the images are not built; `docker-compose config` (Debian's package,
-installed by .ci/run) parses and validates the file. The same topology runs as processes on loopback in
+No Docker engine (nor docker compose v2) runs here, so the images are not built and `docker compose config`
+is not run. Instead the file is validated against the official compose-spec JSON Schema (the copy that
+check-jsonschema, a dev dependency, ships), and its profiles are resolved the way docker compose v2 resolves
+them (compose-go's loader: services outside the active profiles are disabled; a `depends_on` on a disabled
+service is an error unless it says `required: false`). The same topology runs as processes on loopback in
 tests/test_pipeline.py."""
 
-import os
+import copy
+import importlib.resources
+import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = shutil.which("docker-compose")
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+HOST = "reward-service"  # the host name the worker and the trainer call
+TOKEN = "/run/secrets/looper_service_token"
 
 
-def config(variant: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "LOOPER_SERVICE_VARIANT"}
-    if variant:
-        env["LOOPER_SERVICE_VARIANT"] = variant
-    result = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+def compose_spec_schema() -> dict:
+    vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose not installed (.ci/run installs it)")
-def test_compose_file_is_valid_and_wires_the_node():
-    services = config()["services"]
-    assert set(services) == {"reward-service", "rollout-worker", "trainer"}
-    service = services["reward-service"]
-    assert service["build"]["dockerfile"] == "docker/service.Dockerfile"
-    assert "readyz" in " ".join(service["healthcheck"]["test"])
-    assert [s["source"] for s in service["secrets"]] == ["looper_service_token"]
+def schema_errors(document: dict) -> list[str]:
+    schema = compose_spec_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def raw() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())  # resolves the x-* anchors and `<<` merge keys
+
+
+def dotenv_profiles() -> list[str]:
+    """COMPOSE_PROFILES from .env beside the compose file: what a plain `docker compose up` activates."""
+    for line in (ROOT / ".env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "COMPOSE_PROFILES":
+            return [p.strip() for p in value.split(",") if p.strip()]
+    return []
+
+
+def resolve(profiles: list[str]) -> dict:
+    """The services docker compose v2 runs with these profiles active, depends_on pruned as it prunes them."""
+    services = raw()["services"]
+    enabled = {n: s for n, s in services.items() if not s.get("profiles") or set(s["profiles"]) & set(profiles)}
+    resolved = {}
+    for name, service in enabled.items():
+        depends_on = {}
+        for dependency, spec in service.get("depends_on", {}).items():
+            if dependency in enabled:
+                depends_on[dependency] = spec
+                continue
+            assert dependency in services, f"{name} depends on undefined service {dependency}"
+            assert spec.get("required", True) is False, f"{dependency} is required by {name} but is disabled"
+        resolved[name] = {**service, "depends_on": depends_on} if "depends_on" in service else service
+    return resolved
+
+
+def reward_services(services: dict) -> dict:
+    return {n: s for n, s in services.items() if "readyz" in " ".join(s.get("healthcheck", {}).get("test", []))}
+
+
+def host_names(name: str, service: dict) -> set[str]:
+    aliases = {a for net in (service.get("networks") or {}).values() for a in (net or {}).get("aliases", [])}
+    return {name} | aliases
+
+
+def test_compose_file_follows_the_compose_specification():
+    assert schema_errors(raw()) == []
+
+
+def test_the_schema_check_is_strict():
+    document = raw()
+    bad = copy.deepcopy(document)
+    bad["services"]["trainer"]["depends_on"]["reward-service"]["required"] = "no"
+    assert schema_errors(bad)
+    bad = copy.deepcopy(document)
+    bad["services"]["reward-service"]["healthchek"] = bad["services"]["reward-service"].pop("healthcheck")
+    assert schema_errors(bad)
+
+
+@pytest.mark.parametrize(
+    "profiles, dockerfile, image",
+    [
+        (dotenv_profiles(), "docker/service.Dockerfile", "looper-service:"),  # `docker compose up`
+        (["stub"], "docker/stub.Dockerfile", "looper-stub:"),  # `docker compose --profile stub up`
+    ],
+    ids=["default", "stub"],
+)
+def test_each_profile_runs_one_reward_service_the_clients_wait_for(profiles, dockerfile, image):
+    services = resolve(profiles)
+    assert set(services) - {"rollout-worker", "trainer"} == set(reward_services(services))
+    [(name, service)] = reward_services(services).items()
+    assert service["build"]["dockerfile"] == dockerfile
+    assert service["image"].startswith(image)
+    assert HOST in host_names(name, service)
+    assert [s if isinstance(s, str) else s["source"] for s in service["secrets"]] == ["looper_service_token"]
     assert all(p.startswith("127.0.0.1:") for p in service["ports"])  # not exposed beyond the node
+    for client in ("rollout-worker", "trainer"):
+        assert services[client]["depends_on"] == {name: {"condition": "service_healthy", "required": False}}
+        assert f"http://{HOST}:8000" in " ".join(services[client]["command"])
+
+
+def test_the_default_profile_is_the_closed_service():
+    assert dotenv_profiles() == ["private"]
+    assert raw()["services"]["reward-service"]["profiles"] == ["private"]
+    assert raw()["services"]["reward-service-stub"]["profiles"] == ["stub"]
+    assert reward_services(resolve([])) == {}  # no profile, no service: hence the default in .env
+
+
+def test_the_clients_get_gpus_the_token_secret_and_the_mounts():
+    services = raw()["services"]
+    assert set(raw()["secrets"]) == {"looper_service_token"}
+    assert raw()["secrets"]["looper_service_token"]["file"] == "./secrets/looper_service_token"
     for name in ("rollout-worker", "trainer"):
         client = services[name]
-        assert client["depends_on"]["reward-service"]["condition"] == "service_healthy"
         devices = client["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
-        command = " ".join(client["command"])
-        assert "--token-file /run/secrets/looper_service_token" in command
-        assert "http://reward-service:8000" in command
+        assert client["secrets"] == ["looper_service_token"]
+        assert f"--token-file {TOKEN}" in " ".join(client["command"])
         assert {v.split(":")[1] for v in client["volumes"]} >= {"/data", "/runs", "/models", "/config"}
-    raw = (ROOT / "docker-compose.yml").read_text()
-    assert "LOOPER_SERVICE_TOKEN" not in raw  # the token only ever comes from the secret file
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose not installed (.ci/run installs it)")
-def test_the_stub_variant_swaps_in_the_public_image():
-    service = config("stub")["services"]["reward-service"]
-    assert service["build"]["dockerfile"] == "docker/stub.Dockerfile"
-    assert service["image"].startswith("looper-stub:")
+    text = COMPOSE_FILE.read_text()
+    assert "LOOPER_SERVICE_TOKEN" not in text  # the token only ever comes from the secret file
+    assert "LOOPER_SERVICE_VARIANT" not in text + (ROOT / "README.md").read_text()  # profiles replaced it
 
 
 @pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
