@@ -76,29 +76,78 @@ class PerRowSampling:
         return scores
 
 
+class FillerRows:
+    """A stopping criterion that marks the given rows finished from their first token on.
+
+    The static-cache path pads a batch with filler rows up to a fixed size; stopped at once, they never
+    keep a batch running after every real row has emitted a stop token.
+    """
+
+    def __init__(self, filler):
+        self.filler = filler
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.filler
+
+
+def bucket_rows(rows: int, max_batch_size: int) -> int:
+    """The batch size a chunk is padded to: the next power of two, at most `max_batch_size`."""
+    return min(1 << (rows - 1).bit_length(), max_batch_size)
+
+
 class HFEngine:
     """transformers `generate`, left-padded, sorted by prompt length, every arm in the same call.
 
     Sampling is seeded per call (the chunk's first seed), so a rollout is reproducible for the same
     batch composition; vLLM seeds each request on its own.
+
+    `static_cache=True` is the tuned path for machines without vLLM: a preallocated KV cache, prompts
+    left-padded to a multiple of `length_bucket` tokens and batches padded to a power of two, so only a
+    few shapes occur and, with `torch_compile=True` (CUDA only), the decode step compiled by transformers
+    (inductor, mode "reduce-overhead": CUDA graphs) is reused across calls instead of recompiled.
     """
 
     name = "hf"
 
-    def __init__(self, model: str, *, base: str | None = None, max_batch_size: int = 64, dtype=None, device=None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base: str | None = None,
+        max_batch_size: int = 64,
+        dtype=None,
+        device=None,
+        static_cache: bool = False,
+        torch_compile: bool = False,
+        length_bucket: int = 64,
+    ):
         import torch
 
         from trainer.modeling import load_model, load_tokenizer
 
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch_compile and not static_cache:
+            raise ValueError("torch_compile compiles the decode step over a static cache: set static_cache too")
+        if torch_compile and torch.device(self.device).type != "cuda":
+            raise ValueError(
+                f"torch_compile needs a CUDA device (transformers compiles generate there only), not {self.device}"
+            )
         self.model_name = model
         self.tokenizer = load_tokenizer(model, base)
         self.tokenizer.padding_side = "left"
         loaded = load_model(model, base=base, dtype=dtype)
         if hasattr(loaded, "merge_and_unload"):  # generate from merged weights: no LoRA overhead per token
             loaded = loaded.merge_and_unload()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.to(self.device).eval()
         self.max_batch_size = max_batch_size
+        self.static_cache = static_cache
+        self.length_bucket = length_bucket
+        self.compile_config = None
+        if torch_compile:
+            from transformers import CompileConfig
+
+            # CUDA graphs of the decode step; fullgraph, so a graph break fails loudly instead of running slowly
+            self.compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
         self.stop_ids = stop_token_ids(self.tokenizer)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
@@ -119,9 +168,29 @@ class HFEngine:
 
     def _generate_chunk(self, chunk: list[GenerationRequest], max_new_tokens: int) -> list[Generation]:
         import torch
+        from transformers import StoppingCriteriaList
 
-        batch = self.tokenizer([r.prompt for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(self.device)
+        rows = len(chunk)
+        tuned = {}
+        if self.static_cache:
+            filled = bucket_rows(rows, self.max_batch_size)
+            chunk = chunk + [chunk[-1]] * (filled - rows)
+            filler = torch.arange(filled, device=self.device) >= rows
+            tuned = {
+                "cache_implementation": "static",
+                "stopping_criteria": StoppingCriteriaList([FillerRows(filler)]),
+                # transformers compiles the decode step of every static-cache call on CUDA unless told not to
+                "disable_compile": self.compile_config is None,
+            }
+            if self.compile_config is not None:
+                tuned["compile_config"] = self.compile_config
+        batch = self.tokenizer(
+            [r.prompt for r in chunk],
+            return_tensors="pt",
+            padding=True,
+            pad_to_multiple_of=self.length_bucket if self.static_cache else None,
+            add_special_tokens=False,
+        ).to(self.device)
         sampling = PerRowSampling(
             torch.tensor([r.temperature for r in chunk], device=self.device),
             torch.tensor([r.top_p for r in chunk], device=self.device),
@@ -138,9 +207,10 @@ class HFEngine:
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **tuned,
             )
         results = []
-        for row in output[:, batch["input_ids"].shape[1] :].tolist():
+        for row in output[:rows, batch["input_ids"].shape[1] :].tolist():
             length = next((k for k, t in enumerate(row) if t in self.stop_ids), len(row))
             results.append(Generation(self.tokenizer.decode(row[:length], skip_special_tokens=True), length))
         return results
@@ -213,14 +283,21 @@ class VLLMEngine:
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
 
 
-def make_engine(kind: str, model: str, **kwargs) -> Engine:
-    """`auto` picks vLLM when it is installed and a GPU is present, else HF transformers."""
+def resolve_engine_kind(kind: str) -> str:
+    """`auto` is vLLM when it is installed and a GPU is present, else HF transformers."""
+    if kind != "auto":
+        return kind
+    import importlib.util
+
     import torch
 
-    if kind == "auto":
-        import importlib.util
+    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
 
-        kind = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+
+def make_engine(kind: str, model: str, **kwargs) -> Engine:
+    import torch
+
+    kind = resolve_engine_kind(kind)
     if kind == "vllm":
         return VLLMEngine(model, **{k: v for k, v in kwargs.items() if k in VLLM_OPTIONS})
     if kind == "hf":
@@ -231,7 +308,7 @@ def make_engine(kind: str, model: str, **kwargs) -> Engine:
     raise ValueError(f"unknown engine {kind!r}: use auto, vllm or hf")
 
 
-HF_OPTIONS = {"base", "max_batch_size", "dtype", "device"}
+HF_OPTIONS = {"base", "max_batch_size", "dtype", "device", "static_cache", "torch_compile", "length_bucket"}
 VLLM_OPTIONS = {
     "base",
     "tensor_parallel_size",

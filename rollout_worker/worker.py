@@ -57,6 +57,12 @@ class RolloutConfig:
     )
     enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no CUDA graphs (needed on CPU builds)"})
     max_batch_size: int = field(default=64, metadata={"help": "HF engine: rows per generate call"})
+    static_cache: bool = field(
+        default=False, metadata={"help": "HF engine: static KV cache and bucketed batch shapes (where no vLLM)"}
+    )
+    torch_compile: bool = field(
+        default=False, metadata={"help": "HF engine: decode step compiled into CUDA graphs (needs static_cache)"}
+    )
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85

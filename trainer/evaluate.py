@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from looper.config import help_text
-from rollout_worker.engines import Engine, GenerationRequest, make_engine
+from rollout_worker.engines import Engine, GenerationRequest, make_engine, resolve_engine_kind
 from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 from shared_schemas.answers import extract_answer, parse_gold
 from trainer.data import PLATINUM_USABLE, DataError, read_jsonl
@@ -45,7 +45,7 @@ METRICS = "metrics.jsonl"
 SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
-RESUME_KEYS += ("max_batch_size", "seed", "deterministic")
+RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
 
 
 @dataclass
@@ -63,6 +63,12 @@ class EvalConfig:
     max_questions: int | None = field(default=None, metadata=help_text("only the first N rows (default: all)"))
     chunk_size: int = field(default=256, metadata=help_text("questions per engine call and per write (resume unit)"))
     max_batch_size: int = field(default=64, metadata=help_text("HF engine: rows per generate call"))
+    static_cache: bool = field(
+        default=False, metadata=help_text("HF engine: static KV cache and bucketed batch shapes (where no vLLM)")
+    )
+    torch_compile: bool = field(
+        default=False, metadata=help_text("HF engine: decode step compiled into CUDA graphs (needs static_cache)")
+    )
     repeat: int = field(default=1, metadata=help_text("run the eval N times and report how many answers differ"))
     seed: int = 0
     deterministic: bool = field(
@@ -324,7 +330,8 @@ def predictions_path(out: Path, run: int) -> Path:
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS
     if path.is_file():
-        before = json.loads(path.read_text())
+        # a setting added after that eval was started had its default there
+        before = {f.name: f.default for f in dataclasses.fields(EvalConfig)} | json.loads(path.read_text())
         changed = [
             f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS if before.get(k) != settings.get(k)
         ]
@@ -409,12 +416,16 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
     if not records:
         raise DataError(f"{config.data_file}: no questions to evaluate")
     out = Path(config.output_dir)
+    kind = engine.name if engine is not None else resolve_engine_kind(config.engine)
+    # vLLM's engine process inherits torch's deterministic mode, in which its Inductor compile refuses to run;
+    # its answers are made batch-independent by VLLM_BATCH_INVARIANT instead
+    torch_deterministic = config.deterministic and kind != "vllm"
     if engine is None:
-        if config.vllm_batch_invariant and config.engine in ("auto", "vllm"):
+        if config.vllm_batch_invariant and kind == "vllm":
             os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
         options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "engine")}
-        with deterministic_torch(config.seed, config.deterministic):
-            engine = make_engine(config.engine, config.model, **options)
+        with deterministic_torch(config.seed, torch_deterministic):
+            engine = make_engine(kind, config.model, **options)
     meta = {
         "model": config.model,
         "base": config.base,
@@ -425,7 +436,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
         "chunk_size": config.chunk_size,
         "max_new_tokens": config.max_new_tokens,
         "seed": config.seed,
-        "deterministic": config.deterministic,
+        "deterministic": torch_deterministic,
         "vllm_batch_invariant": engine.name == "vllm" and os.environ.get("VLLM_BATCH_INVARIANT") == "1",
         "versions": _versions(),
     }
@@ -442,7 +453,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
         config.chunk_size,
     )
     runs = []
-    with deterministic_torch(config.seed, config.deterministic):
+    with deterministic_torch(config.seed, torch_deterministic):
         for run in range(1, config.repeat + 1):
             runs.append(
                 run_once(engine, config, records, prompts, plan, predictions_path(out, run), out / METRICS, run)
