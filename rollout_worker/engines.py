@@ -7,6 +7,7 @@ one sample at a time.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
@@ -216,6 +217,17 @@ class HFEngine:
         return results
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds `rank` (a folded SFT+DPO adapter is r 64+16=80)."""
+    fitting = [r for r in VLLM_LORA_RANKS if r >= max(rank, 16)]
+    if not fitting:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    return fitting[0]
+
+
 class VLLMEngine:
     """vLLM's offline `LLM.generate`: one call for the whole batch, per-request SamplingParams and seeds."""
 
@@ -255,13 +267,17 @@ class VLLMEngine:
             from vllm.lora.request import LoRARequest
 
             rank = LoraConfig.from_pretrained(source.path).r
-            kwargs.update(enable_lora=True, max_lora_rank=max(16, rank))
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(rank))
             self.lora = LoRARequest("adapter", 1, source.path)
             target = source.base
         elif source.kind == "gguf":
             target = f"{source.path}/{source.gguf_file}"
         else:
             target = source.path
+        import torch
+
+        if torch.cuda.is_initialized():  # a forked engine process cannot use CUDA once this one has
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = LLM(model=target, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = stop_token_ids(self.tokenizer)

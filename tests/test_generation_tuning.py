@@ -163,3 +163,14 @@ def test_weight_bytes_skip_an_untied_input_embedding(tiny_model):
 @pytest.mark.skipif(not SMOLLM2, reason="LOOPER_SMOLLM2 (SmolLM2-135M-Instruct dir) not set")
 def test_weight_bytes_of_smollm2_count_its_tied_embedding_once():
     assert load_bench().weight_bytes_of(SMOLLM2, "bfloat16") == 2 * 134_515_008
+
+
+def test_vllm_lora_rank_rounds_up_to_a_rank_vllm_accepts():
+    from rollout_worker.engines import vllm_lora_rank
+
+    assert vllm_lora_rank(4) == 16  # vLLM's own default floor
+    assert vllm_lora_rank(64) == 64
+    assert vllm_lora_rank(64 + 16) == 128  # an SFT adapter folded with a DPO one
+    assert vllm_lora_rank(300) == 320
+    with pytest.raises(ValueError, match="above vLLM's largest"):
+        vllm_lora_rank(1024)
