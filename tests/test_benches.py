@@ -1,0 +1,134 @@
+"""bench/train_bench.py and bench/qlora_memory_bench.py: their timers, the bare-vs-project config equivalence,
+and the QLoRA bench's model building and main path on a tiny shape (CPU, a few seconds)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_bench():
+    return load_bench("train_bench")
+
+
+@pytest.fixture(scope="module")
+def qlora_bench():
+    return load_bench("qlora_memory_bench")
+
+
+# --- train_bench: timing helpers ----------------------------------------------------------------------------
+
+
+def test_step_timer_times_each_step_and_the_phases_inside_it(train_bench):
+    ticks = iter([0.0, 1.0, 1.0, 3.0, 3.0, 6.0])
+    timer = train_bench.StepTimer(clock=lambda: next(ticks), sync=lambda: None)
+    for _ in range(3):
+        timer.on_step_begin(None, None, None)
+        timer.on_step_end(None, None, None)
+    assert timer.durations(warmup=1) == [2.0, 3.0]
+
+    calls = [
+        ("_generate_and_score_completions", 1.1, 2.1),
+        ("_generate", 1.2, 1.8),
+        ("_calculate_rewards", 1.9, 2.0),
+        ("_generate_and_score_completions", 3.5, 4.5),
+        ("_generate", 3.6, 4.0),
+        ("_calculate_rewards", 4.1, 4.4),
+    ]
+    rows = train_bench.split_steps(timer.steps[1:], calls)
+    assert rows[0]["step"] == 2.0 and rows[0]["_generate"] == pytest.approx(0.6)
+    phases = train_bench.grpo_phases(rows)
+    assert phases["generate_s"] == pytest.approx((0.6 + 0.4) / 2)
+    assert phases["reward_s"] == pytest.approx((0.1 + 0.3) / 2)
+    assert phases["optimise_s"] == pytest.approx((1.0 + 2.0) / 2)
+
+
+def test_config_differences_ignore_bookkeeping_only(train_bench):
+    project = {"output_dir": "a", "save_steps": 5, "learning_rate": 1e-5, "beta": 0.1}
+    bare = {"output_dir": "b", "save_steps": 500, "learning_rate": 2e-5, "beta": 0.1}
+    assert train_bench.config_differences(project, bare) == {"learning_rate": [1e-5, 2e-5]}
+
+
+def test_bare_reward_is_the_services_correctness(train_bench):
+    assert train_bench.correctness_reward(["x\nAnswer: 12", "Answer: 13", "no number"], ["#### 12"] * 3) == [
+        1.0,
+        -0.5,
+        -0.5,
+    ]
+
+
+# --- train_bench: the bare side's training arguments are the project's ------------------------------------------
+
+
+def test_train_bench_runs_both_sides_with_identical_settings(train_bench, tiny_model, tmp_path):
+    """The real bench, both stages, project and bare TRL in their own processes, at the smallest size."""
+    out = tmp_path / "train_bench.json"
+    argv = ["--model", str(tiny_model), "--max-steps", "3", "--timing-warmup", "1", "--threads", "1"]
+    argv += ["--num-generations", "2", "--per-device-train-batch-size", "2", "--max-completion-length", "16"]
+    train_bench.main([*argv, "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["config_differences"] == {"dpo": {}, "grpo": {}}
+    rows = {(r["stage"], r["side"]): r for r in result["rows"]}
+    assert set(rows) == {(s, side) for s in ("dpo", "grpo") for side in ("project", "bare")}
+    for row in rows.values():
+        assert row["step_s_median"] > 0 and row["peak_rss_gib"] > 0
+    assert rows[("grpo", "project")]["reward"].startswith("service")
+    assert set(rows[("grpo", "bare")]["phases"]) >= {"generate_s", "reward_s", "optimise_s"}
+
+
+# --- qlora_memory_bench ---------------------------------------------------------------------------------------
+
+
+def test_the_model_is_nf4_without_meta_tensors(qlora_bench):
+    import bitsandbytes as bnb
+    import torch
+
+    shape = dict(qlora_bench.TINY, layers=1)
+    model = qlora_bench.build_qlora_model(
+        qlora_bench.llama_config(shape, 64, torch.bfloat16), torch.device("cpu"), torch.bfloat16
+    )
+    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linears) == 7  # q, k, v, o, gate, up, down; the LM head stays bf16
+    assert all(m.weight.quant_type == "nf4" and m.weight.compress_statistics for m in linears)
+    assert model.is_loaded_in_4bit and not any(p.is_meta for p in model.parameters())
+    logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, shape["vocab"]) and torch.isfinite(logits).all()
+
+
+def test_qlora_bench_runs_a_tiny_grid_through_the_sft_stage(qlora_bench, tmp_path):
+    import bitsandbytes as bnb
+
+    out = tmp_path / "q.json"
+    argv = ["--layers", "1", "--lora-ranks", "4", "--checkpointing", "on,off", "--seq-lens", "32", "--batch-sizes", "2"]
+    result = qlora_bench.main([*argv, "--steps", "1", "--timing-warmup", "0", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    assert [(r["status"], r["checkpointing"]) for r in result["rows"]] == [("ok", True), ("ok", False)]
+    assert all(r["tokens_per_s"] > 0 and r["trainable_params"] > 0 for r in result["rows"])
+    assert result["versions"]["bitsandbytes"] == bnb.__version__
+
+
+def test_restore_takes_the_lora_off_the_base(qlora_bench):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = qlora_bench.build_qlora_model(
+        qlora_bench.llama_config(dict(qlora_bench.TINY, layers=1), 64, torch.float32),
+        torch.device("cpu"),
+        torch.float32,
+    )
+    names = {n for n, _ in model.named_parameters()}
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    qlora_bench.restore(model)
+    assert {n for n, _ in model.named_parameters()} == names
