@@ -72,3 +72,12 @@ def test_schema_command_writes_every_contract_model(tmp_path):
     assert {"ScoreRequest.schema.json", "ScoreResponse.schema.json", "ArmSpec.schema.json"} <= written
     schema = json.loads((tmp_path / "ScoreRequest.schema.json").read_text())
     assert schema["additionalProperties"] is False
+
+
+def test_data_command_keeps_generated_problems_to_the_step_range(tmp_path):
+    result = run_looper("data", "--out", str(tmp_path), "--generated", "20", "--generated-max-steps", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "generated_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and all(r["answer"].count("\n") == 1 for r in rows)  # one step, then '#### N'
+    result = run_looper("data", "--out", str(tmp_path), "--generated", "5", "--generated-min-steps", "7")
+    assert result.returncode != 0 and "no template makes 7-6 steps" in result.stderr

@@ -74,6 +74,19 @@ def test_generated_eval_never_repeats_training_questions(tmp_path):
     assert len(held_out) == 50 and not train & {r["question"] for r in held_out}
 
 
+def test_generated_problems_keep_to_the_step_range(tmp_path):
+    manifest = prepare_data(tmp_path, generated=120, generated_eval=60, generated_max_steps=2, seed=3)
+    assert manifest["generated_steps"] == [1, 2]
+    for name in ("generated_train", "generated_eval"):
+        # one solution line per step, then '#### N'
+        steps = [len(r["answer"].split("\n")) - 1 for r in read_jsonl(tmp_path / f"{name}.jsonl")]
+        assert set(steps) == {1, 2}
+    prepare_data(tmp_path, generated=40, generated_min_steps=5, seed=3)
+    assert {len(r["answer"].split("\n")) - 1 for r in read_jsonl(tmp_path / "generated_train.jsonl")} == {5, 6}
+    with pytest.raises(DataError, match="no template makes 7-9 steps"):
+        prepare_data(tmp_path, generated=4, generated_min_steps=7, generated_max_steps=9)
+
+
 def test_solution_target_strips_calculator_and_ends_with_answer_line():
     gold = "He has 3*4=<<3*4=12>>12 apples.\n#### 1,200"
     assert solution_target(gold) == "He has 3*4=12 apples.\nAnswer: 1200"

@@ -94,6 +94,8 @@ def test_presets_and_overrides_merge_per_stage():
         build_config("demo", {"model": "m", "stages": ["sft", "nope"]})
     with pytest.raises(ValueError, match="unknown pipeline field"):
         build_config("demo", {"model": "m", "learning_rate": 1.0})
+    with pytest.raises(ValueError, match="generated steps 3-2"):
+        build_config("demo", {"model": "m", "generated_min_steps": 3, "generated_max_steps": 2})
 
 
 def test_a_killed_stage_continues_in_place_and_a_changed_one_starts_over(tmp_path):

@@ -114,10 +114,15 @@ def platinum_records(rows: list[dict], keep: Iterable[str] = PLATINUM_USABLE) ->
     return out
 
 
-def generated_records(n: int, seed: int) -> list[dict]:
+def generated_records(n: int, seed: int, min_steps: int = 1, max_steps: int = 6) -> list[dict]:
+    """n generated problems whose solutions take min_steps..max_steps reasoning steps (the generator's range)."""
     from trainer.problems import generate, to_record
 
-    return [to_record(p) for p in generate(n, seed=seed)]
+    try:
+        problems = generate(n, seed=seed, min_steps=min_steps, max_steps=max_steps)
+    except ValueError as exc:  # e.g. no template makes that many steps: a data setting to fix, said as such
+        raise DataError(f"generated problems: {exc}") from None
+    return [to_record(p) for p in problems]
 
 
 def prepare_data(
@@ -127,6 +132,8 @@ def prepare_data(
     platinum: str | None = None,
     generated: int = 0,
     generated_eval: int = 0,
+    generated_min_steps: int = 1,
+    generated_max_steps: int = 6,
     dev_fraction: float = 0.2,
     seed: int = 0,
 ) -> dict:
@@ -143,14 +150,17 @@ def prepare_data(
         save("dev", dev)
     if platinum:
         save("platinum", platinum_records(load_split(platinum, "test", config="main")))
-    generated_train = generated_records(generated, seed) if generated else []
+    steps = {"min_steps": generated_min_steps, "max_steps": generated_max_steps}
+    generated_train = generated_records(generated, seed, **steps) if generated else []
     if generated_train:
         save("generated_train", generated_train)
     if generated_eval:
         # another seed stream, so held-out generated problems never repeat training ones
         train_questions = {r["question"] for r in generated_train}
         held_out = [
-            r for r in generated_records(generated_eval * 2, seed + 10_000) if r["question"] not in train_questions
+            r
+            for r in generated_records(generated_eval * 2, seed + 10_000, **steps)
+            if r["question"] not in train_questions
         ]
         save("generated_eval", held_out[:generated_eval])
     if not files:
@@ -159,6 +169,7 @@ def prepare_data(
         "seed": seed,
         "dev_fraction": dev_fraction,
         "sources": {"gsm8k": gsm8k, "platinum": platinum},
+        "generated_steps": [generated_min_steps, generated_max_steps],
         "files": files,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
