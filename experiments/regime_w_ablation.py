@@ -3,7 +3,8 @@
     data -> SFT -> rollouts of the SFT model (scored by the service, Regime W)
          -> prefs x2 (Regime W pairs | correctness-only pairs, from the same rollouts) -> DPO x2
          -> GRPO x2 (--reward regime_w | --reward correctness)
-         -> eval of base, sft and the four arms on every eval set (Platinum, dev) -> compare -> results
+         -> eval of base, sft and the four arms on every eval set (Platinum, dev), one vLLM engine -> compare
+         -> results
 
 Six models: base, sft, dpo_regime_w, dpo_correctness, grpo_regime_w, grpo_correctness. Each pair of arms
 shares one settings block (`dpo:`, `rl:`, `prefs:`) and differs in exactly one field the script sets
@@ -20,6 +21,8 @@ the GPU's memory free (vLLM checks that at start-up).
         --gsm8k data/src/gsm8k --platinum data/src/platinum           # the GPU run (config: the YAML beside)
     python experiments/regime_w_ablation.py --smoke                    # the whole thing on CPU, tiny model
     python experiments/regime_w_ablation.py ... --plan                 # units, status, estimated GPU time
+    python experiments/regime_w_ablation.py --config experiments/regime_w_ablation_one_lease.yaml ...
+                                                                       # the same design in one GPU lease
     python experiments/regime_w_ablation.py ... --write-readme         # results into experiments/README.md
 """
 
@@ -47,7 +50,6 @@ from trainer.pipeline import (
     merge,
     run_compare_stage,
     run_dpo_stage,
-    run_eval_stage,
     run_prefs_stage,
     run_sft_stage,
     stage_config,
@@ -267,7 +269,7 @@ class Ablation(Pipeline):
     def units(self) -> list[Unit]:
         from rollout_worker.worker import RolloutConfig
         from trainer.dpo import DPOStageConfig
-        from trainer.evaluate import EvalConfig
+        from trainer.evaluate import EvalConfig, eval_many
         from trainer.prefs import PrefsConfig
         from trainer.rl import RLStageConfig
         from trainer.sft import SFTStageConfig
@@ -278,20 +280,7 @@ class Ablation(Pipeline):
         data = {"gsm8k": c.gsm8k, "platinum": c.platinum if "platinum" in c.eval_sets else None,
                 "dev_fraction": c.dev_fraction, "seed": c.data_seed}  # fmt: skip
         units = [Unit("data", "data", w / "data", data, [], lambda: self._data(data), [Path(train), *evals.values()])]
-        eval_units, eval_defaults = [], {"engine": c.engine, "seed": c.data_seed}
-
-        def add_eval(name: str, unit_prefix: str, set_name: str, model: str, out: Path, upstream: list[str]):
-            ev = stage_config(EvalConfig, {**eval_defaults, "model": model, "data_file": str(evals[set_name]),
-                                           "output_dir": str(out), "name": name}, c.eval)  # fmt: skip
-            eval_units.append(
-                Unit(f"{unit_prefix}eval:{set_name}:{name}", "eval", out, ev, ["data", *upstream],
-                     (lambda ev=ev: self.call(run_eval_stage, ev)), [out / "summary.json"])
-            )  # fmt: skip
-            return eval_units[-1].name
-
-        # the base model's evals do not depend on a training seed: one per eval set, shared by every seed
-        base_evals = {s: add_eval("base", "", s, c.model, w / "eval" / s / "base", []) for s in evals}
-        compares = []
+        eval_units, compares = [], []
         for seed in c.seeds:
             d, p = self.seed_dir(seed), f"seed-{seed}/"
             common = {"engine": c.engine, "quantization": c.quantization, "seed": seed}
@@ -324,16 +313,23 @@ class Ablation(Pipeline):
                                                   "output_dir": str(out)}, {**c.rl, "reward": reward})  # fmt: skip
                 units.append(Unit(f"{p}{arm}", "rl", out, rl, ["data", f"{p}sft"], (lambda rl=rl: self._rl(rl)),
                                   [out / "adapter_config.json"]))  # fmt: skip
+            # one unit evaluates all six models on every eval set in one engine (one vLLM start-up): the base and
+            # the five LoRA adapters over it, each through its own LoRA; every (set, model) gets its own output dir
+            evs = [stage_config(EvalConfig, {"engine": c.engine, "seed": c.data_seed, "model": dirs[m], "name": m,
+                                             "data_file": str(evals[s]), "output_dir": self._eval_dir(seed, s, m)},
+                                c.eval) for s in evals for m in MODELS]  # fmt: skip
+            eval_dir = d / "eval"
+            eval_units.append(
+                Unit(f"{p}eval", "eval", eval_dir, {"evals": [dataclasses.asdict(ev) for ev in evs]},
+                     ["data", *(f"{p}{m}" for m in MODELS[1:])], (lambda evs=evs: self.call(eval_many, evs)),
+                     [Path(ev.output_dir) / "summary.json" for ev in evs])
+            )  # fmt: skip
             for set_name in evals:
-                names = {"base": base_evals[set_name]}
-                for model in MODELS[1:]:
-                    out = d / "eval" / set_name / model
-                    names[model] = add_eval(model, p, set_name, dirs[model], out, [f"{p}{model}"])
                 out = d / "compare" / set_name
                 compare = {"mode": "strict", "n_resamples": 10_000, "alpha": 0.05, **c.compare, "seed": c.data_seed,
                            "names": list(MODELS), "runs": [self._eval_dir(seed, set_name, m) for m in MODELS]}  # fmt: skip
                 compares.append(
-                    Unit(f"{p}compare:{set_name}", "compare", out, compare, list(names.values()),
+                    Unit(f"{p}compare:{set_name}", "compare", out, compare, [f"{p}eval"],
                          (lambda compare=compare, out=out: run_compare_stage(compare, out)), [out / "report.md"])
                 )  # fmt: skip
         results = {"model": c.model, "seeds": c.seeds, "eval_sets": list(evals), "models": list(MODELS),
@@ -346,8 +342,6 @@ class Ablation(Pipeline):
         return units
 
     def _eval_dir(self, seed: int, set_name: str, model: str) -> str:
-        if model == "base":
-            return str(self.work / "eval" / set_name / "base")
         return str(self.seed_dir(seed) / "eval" / set_name / model)
 
     def run(self) -> dict:
@@ -367,17 +361,16 @@ def check_pairs(units: list[Unit]) -> None:
     for seed in seeds:
         pairs = [(f"{seed}/{PREFS_OF[a]}", f"{seed}/{PREFS_OF[b]}") for a, b, _ in HEAD_TO_HEAD[:1]]
         pairs += [(f"{seed}/{a}", f"{seed}/{b}") for a, b, _ in HEAD_TO_HEAD]
-        sets = sorted({u.name.rsplit(":", 2)[1] for u in units if u.name.startswith(f"{seed}/eval:")})
-        for s in sets:
-            pairs += [(f"{seed}/eval:{s}:{m}", f"{seed}/eval:{s}:sft") for m in MODELS[2:]]
-        for a, b in pairs:
-            ua, ub = by_name[a], by_name[b]
-            ca, cb = hashed(ua.config), hashed(ub.config)
-            differ = {k for k in ca.keys() | cb.keys() if ca.get(k) != cb.get(k)} - allowed[ua.stage]
+        checks = [(a, b, by_name[a].stage, hashed(by_name[a].config), hashed(by_name[b].config)) for a, b in pairs]
+        # the eval unit: on every eval set, each arm's eval (and the base's) against sft's
+        evals = {(Path(e["data_file"]).stem, e["name"]): e for e in by_name[f"{seed}/eval"].config["evals"]}
+        for s in sorted({k[0] for k in evals}):
+            checks += [(f"{seed}/eval {s}:{m}", f"{seed}/eval {s}:sft", "eval", evals[s, m], evals[s, "sft"])
+                       for m in MODELS if m != "sft"]  # fmt: skip
+        for a, b, stage, ca, cb in checks:
+            differ = {k for k in ca.keys() | cb.keys() if ca.get(k) != cb.get(k)} - allowed[stage]
             if differ:
-                raise ValueError(
-                    f"{a} and {b} must differ only in {sorted(allowed[ua.stage])}; also in {sorted(differ)}"
-                )
+                raise ValueError(f"{a} and {b} must differ only in {sorted(allowed[stage])}; also in {sorted(differ)}")
 
 
 # ---- results
@@ -461,7 +454,7 @@ def budgets(ablation: Ablation) -> dict:
     seed = f"seed-{ablation.config.seeds[0]}"
     sft, ro = units[f"{seed}/sft"].config, units[f"{seed}/rollouts"].config
     dpo, rl = units[f"{seed}/dpo_regime_w"].config, units[f"{seed}/grpo_regime_w"].config
-    ev = next(u.config for u in units.values() if u.stage == "eval")
+    ev = units[f"{seed}/eval"].config["evals"][0]
     return {
         "sft": {"max_steps": sft.max_steps, "batch": sft.per_device_train_batch_size * sft.gradient_accumulation_steps,
                 "learning_rate": sft.learning_rate, "lora_r": sft.lora_r},
@@ -472,7 +465,8 @@ def budgets(ablation: Ablation) -> dict:
                "completions_per_step": rl.per_device_train_batch_size * rl.gradient_accumulation_steps,
                "steps_per_generation": rl.steps_per_generation, "max_completion_length": rl.max_completion_length,
                "learning_rate": rl.learning_rate, "use_vllm": rl.use_vllm, "lora_r": rl.lora_r},
-        "eval": {"engine": ev.engine, "dtype": ev.dtype, "max_new_tokens": ev.max_new_tokens, "repeat": ev.repeat},
+        "eval": {"engine": ev["engine"], "dtype": ev["dtype"], "max_new_tokens": ev["max_new_tokens"],
+                 "repeat": ev["repeat"], "vllm_batch_invariant": ev["vllm_batch_invariant"]},
     }  # fmt: skip
 
 
@@ -510,7 +504,9 @@ def render_results(results: dict, image: str | None, heading: str = "#") -> str:
         f"DPO {d['max_steps']} steps x {d['pairs_per_step']} pairs (LR {d['learning_rate']}, beta {d['beta']}); "
         f"GRPO {g['max_steps']} steps x {g['completions_per_step']} completions ({g['num_generations']} per "
         f"prompt, <= {g['max_completion_length']} tokens, LR {g['learning_rate']}); eval greedy, {e['engine']}, "
-        f"{e['dtype']}, <= {e['max_new_tokens']} tokens, {e['repeat']} run(s) each.",
+        f"{e['dtype']}, <= {e['max_new_tokens']} tokens"
+        f"{', VLLM_BATCH_INVARIANT=1' if e.get('vllm_batch_invariant') and e['engine'] == 'vllm' else ''}, "
+        f"{e['repeat']} run(s) each{', all six models in one vLLM engine' if e['engine'] == 'vllm' else ''}.",
         "",
         "Accuracy is strict (an explicit final answer), in %, with Wilson 95% intervals. Differences are in "
         "points, A − B on the same questions, with a paired-bootstrap 95% interval and the exact McNemar p. "
@@ -646,65 +642,112 @@ def write_readme(results_dir: Path, readme: Path = README, image: Path = README_
 
 # ---- the time budget (one H200), from measured anchors and stated assumptions
 
+LEASE_MINUTES = 24  # one GPU lease on one H200, staging excluded: what the one-lease config must fit in
+
 ANCHORS = {  # measured on one H200 with Qwen2.5-Coder-0.5B-Instruct (bench/README.md)
-    "eval_platinum_s": 80.0,  # vLLM eval of all 1,209 Platinum questions, 512 tokens, start-up included
-    "eval_platinum_batch_invariant_s": 117.0,  # the same with VLLM_BATCH_INVARIANT=1 (the eval default)
+    "vllm_startup_s": 45.0,  # vLLM's start-up: load, compile, CUDA graphs
+    "eval_platinum_s": 80.0,  # `looper eval` of all 1,209 Platinum questions, <= 512 tokens, chunks of 256, start-up incl.
+    "eval_platinum_batch_invariant_s": 117.0,  # the same with VLLM_BATCH_INVARIANT=1
     "platinum_questions": 1209,
-    "grpo_round_s": 4.3,  # vLLM colocate, 16 prompts x 8 generations x 384 tokens: one round of 4 optimizer steps
-    "grpo_round_plain_generate_s": 23.7,  # the same round generating with plain `generate` (21.5-24.4 s + 3 x 0.25 s)
-    "sft_step_s": 0.27,  # at batch 32
-    "vllm_tokens_per_s": 25_000,  # vLLM generation at batch 256
+    "vllm_tokens_per_s": 25_000,  # vLLM generation at batch >= 256
     "mean_completion_tokens": 280,  # GRPO completions of that model measured 268-296 tokens
+    "process_startup_s": 30.0,  # an isolated stage's fresh process: imports, model load (20-30 s)
+    "sft_step_s": 0.27,  # at batch 32
+    "dpo_step_s": 0.47,  # 8 pairs per step, max length 1024 (bench/train_bench.py)
+    "grpo_step_s": 1.4,  # vLLM colocate: a generating step of 32 completions x <= 256 tokens (train_bench)
+    "grpo_round_step_s": 3.6,  # vLLM colocate: the generating step of a round of 16 prompts x 8 x <= 384 tokens
+    "grpo_optimizer_step_s": 0.25,  # a step that trains on completions generated by an earlier step
+    "grpo_round_plain_generate_s": 23.7,  # a round of 16 x 8 x 384 with plain `generate` (21.5-24.4 s + 3 x 0.25 s)
 }
 ASSUMED = {  # not measured: the estimate's weak points
-    "train_startup_s": 45.0,  # a fresh process: imports, model load, tokenising the data
-    "grpo_startup_s": 90.0,  # the same plus vLLM's colocated start
-    "dpo_step_per_sft_step": 4 / 3,  # per sequence: policy fwd+bwd (= one SFT sequence) + reference fwd (~1/3)
     "lora_generation_factor": 1.5,  # vLLM generating through a LoRA adapter vs the plain model
+    "service_startup_s": 10.0,  # `looper serve` (lexical Regime W), started once, before the rollouts
     "gsm8k_train_rows": 7473,
-    "cpu_stage_s": 10.0,  # data, prefs, compare, results
+    "cpu_stage_s": 10.0,  # data, prefs, compare, results: in the main process
 }
 
 
-def vllm_startup_s() -> float:
-    """The eval anchor less its generation (1,209 x mean tokens at the measured rate): vLLM's start-up."""
+def vllm_call_tail_s(max_new_tokens: int = 512) -> float:
+    """What one engine call spends past its throughput-bound part (its longest answers finishing at a shrinking
+    batch), from the Platinum eval anchor: 80 s = start-up + 1,209 x mean tokens at the measured rate + 5 calls'
+    tails. Scaled by the token cap."""
     a = ANCHORS
-    return a["eval_platinum_s"] - a["platinum_questions"] * a["mean_completion_tokens"] / a["vllm_tokens_per_s"]
+    calls = -(-a["platinum_questions"] // 256)
+    throughput = a["platinum_questions"] * a["mean_completion_tokens"] / a["vllm_tokens_per_s"]
+    return (a["eval_platinum_s"] - a["vllm_startup_s"] - throughput) / calls * max_new_tokens / 512
+
+
+def vllm_generation_s(requests: int, max_new_tokens: int, calls: int) -> float:
+    """`requests` greedy answers of <= max_new_tokens in `calls` engine calls, through the plain model."""
+    a = ANCHORS
+    tokens = requests * min(max_new_tokens, a["mean_completion_tokens"])
+    return tokens / a["vllm_tokens_per_s"] + calls * vllm_call_tail_s(max_new_tokens)
+
+
+def batch_invariant_factor() -> float:
+    """VLLM_BATCH_INVARIANT=1's generation cost: the two Platinum anchors less their start-up."""
+    a = ANCHORS
+    return (a["eval_platinum_batch_invariant_s"] - a["vllm_startup_s"]) / (a["eval_platinum_s"] - a["vllm_startup_s"])
+
+
+def grpo_generating_step_s(completions: int, max_completion_length: int) -> float:
+    """A generating step with vLLM colocate, linear in completion slots through the two measured points."""
+    a = ANCHORS
+    small, large = 32 * 256, 128 * 384
+    per_slot = (a["grpo_round_step_s"] - a["grpo_step_s"]) / (large - small)
+    return a["grpo_step_s"] + (completions * max_completion_length - small) * per_slot
 
 
 def estimate_seconds(unit: Unit) -> tuple[float, str]:
     a, s, c = ANCHORS, ASSUMED, unit.config
+    start, lora = a["process_startup_s"], s["lora_generation_factor"]
     if unit.stage == "sft":
         batch = c.per_device_train_batch_size * c.gradient_accumulation_steps
         steps = c.max_steps if c.max_steps > 0 else c.num_train_epochs * s["gsm8k_train_rows"] * 0.8 / batch
-        return s["train_startup_s"] + steps * a["sft_step_s"] * batch / 32, f"{steps:.0f} steps x {batch}"
+        return start + steps * a["sft_step_s"] * batch / 32, f"{steps:.0f} steps x {batch}"
     if unit.stage == "rollouts":
-        tokens = c.max_questions * 11 * min(c.max_new_tokens or 512, a["mean_completion_tokens"])
-        generation = tokens / a["vllm_tokens_per_s"] * s["lora_generation_factor"]
-        return vllm_startup_s() + generation, f"{tokens / 1e6:.2f}M tokens through the SFT LoRA"
+        requests, cap = c.max_questions * 11, c.max_new_tokens or 512
+        generation = vllm_generation_s(requests, cap, -(-c.max_questions // c.batch_size)) * lora
+        seconds = start + a["vllm_startup_s"] + s["service_startup_s"] + generation
+        return seconds, f"{c.max_questions} questions x 11 arms <= {cap} tokens through the SFT LoRA"
     if unit.stage == "dpo":
         pairs = c.per_device_train_batch_size * c.gradient_accumulation_steps
-        step = a["sft_step_s"] * (2 * pairs / 32) * s["dpo_step_per_sft_step"]
-        return s["train_startup_s"] + c.max_steps * step, f"{c.max_steps} steps x {pairs} pairs, {step:.2f} s/step"
+        step = a["dpo_step_s"] * pairs / 8
+        return start + c.max_steps * step, f"{c.max_steps} steps x {pairs} pairs, {step:.2f} s/step"
     if unit.stage == "rl":
-        per_round = c.per_device_train_batch_size * c.gradient_accumulation_steps * c.steps_per_generation
+        per_step = c.per_device_train_batch_size * c.gradient_accumulation_steps
         rounds = c.max_steps / c.steps_per_generation
-        scale = per_round * c.max_completion_length / (128 * 384)
-        round_s = a["grpo_round_s"] if c.use_vllm else a["grpo_round_plain_generate_s"]
+        if c.use_vllm:
+            generating = grpo_generating_step_s(per_step * c.steps_per_generation, c.max_completion_length)
+            round_s = generating + (c.steps_per_generation - 1) * a["grpo_optimizer_step_s"]
+            seconds = start + a["vllm_startup_s"] + rounds * round_s
+        else:
+            scale = per_step * c.steps_per_generation * c.max_completion_length / (128 * 384)
+            round_s = a["grpo_round_plain_generate_s"] * scale
+            seconds = start + rounds * round_s
         note = "vLLM colocate" if c.use_vllm else "plain generate"
-        return s["grpo_startup_s"] + rounds * round_s * scale, f"{rounds:.0f} rounds x {per_round}, {note}"
+        basis = f"{rounds:.0f} rounds x {per_step * c.steps_per_generation} completions, {round_s:.1f} s/round, {note}"
+        return seconds, basis
     if unit.stage == "eval":
-        n = questions_in(unit)
-        anchor = a["eval_platinum_batch_invariant_s"] if c.vllm_batch_invariant else a["eval_platinum_s"]
-        generation = (anchor - vllm_startup_s()) * n / a["platinum_questions"]  # one run over n questions
-        lora = not unit.name.endswith(":base")  # every other model is a LoRA adapter
-        seconds = vllm_startup_s() + generation * c.repeat * (s["lora_generation_factor"] if lora else 1.0)
-        return seconds, f"{n} questions x {c.repeat} run(s){' through a LoRA' if lora else ''}"
+        evals = c["evals"]
+        seconds = start + a["vllm_startup_s"]
+        for ev in evals:
+            n = questions_in(ev["data_file"])
+            generation = vllm_generation_s(n, ev["max_new_tokens"], -(-n // ev["chunk_size"])) * ev["repeat"]
+            if ev["vllm_batch_invariant"]:
+                generation *= batch_invariant_factor()
+            seconds += generation * (1.0 if ev["name"] == "base" else lora)  # every other model is a LoRA adapter
+        first = evals[0]
+        sets = sorted({Path(ev["data_file"]).stem for ev in evals})
+        basis = (f"{len({ev['name'] for ev in evals})} models x {'+'.join(sets)} in one vLLM engine, "
+                 f"{first['repeat']} run(s), chunks of {first['chunk_size']}"
+                 f"{', batch invariant' if first['vllm_batch_invariant'] else ''}")  # fmt: skip
+        return seconds, basis
     return s["cpu_stage_s"], "CPU"
 
 
-def questions_in(unit: Unit) -> int:
-    path = Path(unit.config.data_file)
+def questions_in(data_file: str) -> int:
+    path = Path(data_file)
     if path.is_file():
         return sum(1 for line in path.open() if line.strip())
     if path.stem == "platinum":
@@ -729,8 +772,9 @@ def print_plan(rows: list[dict]) -> None:
         print(f"{r['unit']:<40} {r['status']:<7} {r['seconds']:>7}  {r['basis']}")
         by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + r["seconds"]
     print("\nper stage (one H200, estimated): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in by_stage.items()))
-    todo = sum(r["seconds"] for r in rows if r["status"] != "done")
-    print(f"total {sum(by_stage.values()) / 60:.0f} min; still to run {todo / 60:.0f} min")
+    total, todo = sum(by_stage.values()) / 60, sum(r["seconds"] for r in rows if r["status"] != "done") / 60
+    lease = "fits" if total <= LEASE_MINUTES else "more than"
+    print(f"total {total:.1f} min ({lease} one lease of {LEASE_MINUTES} min); still to run {todo:.1f} min")
 
 
 # ---- smoke inputs
@@ -796,11 +840,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> AblationConfig:
-    path = Path(args.config)
+def load_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config YAML; `extends: OTHER.yaml` (relative to it) reads OTHER first and merges this one over it."""
     if not path.is_file():
         raise SystemExit(f"ablation: config file {path} does not exist")
+    if path.resolve() in seen:
+        raise SystemExit(f"ablation: {path} extends itself")
     values = yaml.safe_load(path.read_text()) or {}
+    parent = values.pop("extends", None)
+    if parent:
+        values = merge(load_config_file(path.parent / parent, (*seen, path.resolve())), values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> AblationConfig:
+    values = load_config_file(Path(args.config))
     if args.smoke:
         values = merge(values, {**SMOKE, "smoke": True})
     env = os.environ.get("LOOPER_START_SERVICE")

@@ -91,6 +91,8 @@ def cmd_data(args: argparse.Namespace) -> None:
         platinum=args.platinum,
         generated=args.generated,
         generated_eval=args.generated_eval,
+        generated_min_steps=args.generated_min_steps,
+        generated_max_steps=args.generated_max_steps,
         dev_fraction=args.dev_fraction,
         seed=args.seed,
     )
@@ -160,12 +162,9 @@ def cmd_rft(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
-    from trainer.evaluate import EvalConfig, format_summary, run_eval
+    from trainer.evaluate import main
 
-    config = config_from_args(EvalConfig, args)
-    print(format_summary(run_eval(config)))
-    print(f"summary: {Path(config.output_dir) / 'summary.json'}")
+    main(args)  # one --model as ever; --model repeated: one engine, OUTPUT_DIR/NAME per model
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -238,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--platinum", help="hub id (madrylab/gsm8k-platinum) or a folder with test.jsonl / a JSONL file")
     data.add_argument("--generated", type=int, default=0, help="N generated training problems")
     data.add_argument("--generated-eval", type=int, default=0, help="N held-out generated problems")
+    data.add_argument("--generated-min-steps", type=int, default=1, help="generated problems take at least K steps")
+    data.add_argument("--generated-max-steps", type=int, default=6, help="generated problems take at most K steps")
     data.add_argument("--dev-fraction", type=float, default=0.2)
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=cmd_data)
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.evaluate import EvalConfig
 
     evaluate = sub.add_parser("eval", help="one greedy answer per question, strict and flexible accuracy")
-    add_config_args(evaluate, EvalConfig)
+    add_config_args(evaluate, EvalConfig, repeatable=("model",))
     evaluate.set_defaults(func=cmd_eval)
 
     compare = sub.add_parser("compare", help="evals side by side: Wilson CIs, McNemar, bootstrap, noise floor")

@@ -29,14 +29,17 @@ def _scalar_type(tp):
     return tp
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
+def add_config_args(parser: argparse.ArgumentParser, cls, repeatable: tuple[str, ...] = ()) -> None:
+    """A flag per field of `cls`; the fields named in `repeatable` collect a list (the command splits it up)."""
     parser.add_argument("--config", help="YAML file with any of the fields below; flags override it")
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = _scalar_type(hints[field.name])
         doc = field.metadata.get("help", "")
-        if kind is bool:
+        if field.name in repeatable:
+            parser.add_argument(flag, dest=field.name, action="append", default=None, help=doc)
+        elif kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif kind is list:
             parser.add_argument(flag, dest=field.name, default=None, help=f"{doc} (comma-separated)")

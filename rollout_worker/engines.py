@@ -6,10 +6,13 @@ one sample at a time.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger("looper.engines")
@@ -228,8 +231,28 @@ def vllm_lora_rank(rank: int) -> int:
     return fitting[0]
 
 
+def adapter_rank(adapter_dir: str | Path) -> int:
+    """The largest LoRA rank of an adapter dir (its `r`, or a larger one from `rank_pattern`)."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return max([int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def same_model(a: str, b: str) -> bool:
+    """Two model specs name the same model: equal hub ids, or paths to the same directory."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 class VLLMEngine:
-    """vLLM's offline `LLM.generate`: one call for the whole batch, per-request SamplingParams and seeds."""
+    """vLLM's offline `LLM.generate`: one call for the whole batch, per-request SamplingParams and seeds.
+
+    `model` may be a LoRA adapter (the engine loads its base and generates through the adapter). With
+    `max_lora_rank`, LoRA is enabled for adapters up to that rank over the loaded model, and
+    `for_model(adapter)` returns an engine sharing this one's `LLM` that generates through that adapter
+    (`for_model(base)`: through none), so several models over one base need one vLLM start-up.
+    """
 
     name = "vllm"
 
@@ -244,6 +267,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
         enforce_eager: bool = False,
+        max_lora_rank: int | None = None,
     ):
         from vllm import LLM
 
@@ -252,6 +276,8 @@ class VLLMEngine:
         source = resolve_source(model, base)
         self.model_name = model
         self.lora = None
+        self.max_lora_rank: int | None = None
+        self._lora_ids: dict[str, int] = {}  # adapter path -> LoRARequest id, shared by every for_model view
         kwargs = {
             "tensor_parallel_size": tensor_parallel_size,
             "dtype": dtype,
@@ -262,18 +288,22 @@ class VLLMEngine:
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        rank = max_lora_rank or 0
         if source.kind == "adapter":
-            from peft import LoraConfig
-            from vllm.lora.request import LoRARequest
-
-            rank = LoraConfig.from_pretrained(source.path).r
-            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(rank))
-            self.lora = LoRARequest("adapter", 1, source.path)
+            rank = max(rank, adapter_rank(source.path))
             target = source.base
         elif source.kind == "gguf":
+            if max_lora_rank:
+                raise ValueError(f"{model}: LoRA adapters over a .gguf model are not supported; use its model dir")
             target = f"{source.path}/{source.gguf_file}"
         else:
             target = source.path
+        if rank:
+            self.max_lora_rank = vllm_lora_rank(rank)
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
+        self.base = target
+        if source.kind == "adapter":
+            self.lora = self._lora_request(source.path)
         import torch
 
         if torch.cuda.is_initialized():  # a forked engine process cannot use CUDA once this one has
@@ -281,6 +311,38 @@ class VLLMEngine:
         self.llm = LLM(model=target, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def _lora_request(self, path: str):
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(str(path), len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter-{lora_id}", lora_id, str(path))
+
+    def for_model(self, model: str, base: str | None = None) -> VLLMEngine:
+        """An engine on this one's `LLM` generating as `model`: the loaded base itself, or a LoRA adapter over
+        it of rank <= max_lora_rank. Anything else (another base, a merged model) is refused."""
+        from trainer.modeling import resolve_source
+
+        source = resolve_source(model, base)
+        view = copy.copy(self)  # shares the LLM, tokenizer and the adapter ids
+        view.model_name = model
+        if source.kind == "adapter":
+            if not same_model(source.base, self.base):
+                raise ValueError(
+                    f"{model} is a LoRA adapter over {source.base}, not over this engine's base {self.base}: "
+                    "evaluate it in an engine of its own"
+                )
+            rank = adapter_rank(source.path)
+            if not self.max_lora_rank or rank > self.max_lora_rank:
+                raise ValueError(
+                    f"{model}: LoRA rank {rank} does not fit this engine's max_lora_rank {self.max_lora_rank}"
+                )
+            view.lora = self._lora_request(source.path)
+        elif source.kind != "gguf" and same_model(source.path, self.base):
+            view.lora = None
+        else:
+            raise ValueError(f"{model} is neither this engine's base {self.base} nor a LoRA adapter over it")
+        return view
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         from vllm import SamplingParams
@@ -333,4 +395,5 @@ VLLM_OPTIONS = {
     "gpu_memory_utilization",
     "max_model_len",
     "enforce_eager",
+    "max_lora_rank",
 }

@@ -14,6 +14,7 @@ from trainer.pipeline import MANIFEST, PENDING
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "regime_w_ablation.py"
+ONE_LEASE = ROOT / "experiments" / "regime_w_ablation_one_lease.yaml"
 GPU_ARGS = ["--model", "models/qwen", "--gsm8k", "data/src/gsm8k", "--platinum", "data/src/platinum"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,20 +56,21 @@ def test_the_smoke_ablation_runs_every_arm_and_resumes_only_what_was_killed(abla
     models = ablation.MODELS
     assert models == ("base", "sft", "dpo_regime_w", "dpo_correctness", "grpo_regime_w", "grpo_correctness")
     assert summary["skipped"] == [] and summary["ran"][0] == "data" and summary["ran"][-1] == "results"
-    # data, sft, rollouts, 2 prefs, 4 arms, 12 evals, 2 compares, results
-    assert len(summary["ran"]) == 1 + 8 + 2 * 6 + 2 + 1
+    # data, sft, rollouts, 2 prefs, 4 arms, one eval unit (6 models x 2 sets, one engine), 2 compares, results
+    assert len(summary["ran"]) == 1 + 8 + 1 + 2 + 1 and "seed-0/eval" in summary["ran"]
 
     for set_name in ("platinum", "dev"):
         questions = len(rows(work / "data" / f"{set_name}.jsonl"))
         assert questions >= 5
         for model in models:
-            folder = (
-                work / "eval" / set_name / "base" if model == "base" else work / "seed-0" / "eval" / set_name / model
-            )
+            folder = work / "seed-0" / "eval" / set_name / model
             summary_json = json.loads((folder / "summary.json").read_text())
             assert summary_json["name"] == model and summary_json["questions"] == questions
             assert 0.0 <= summary_json["accuracy_strict"] <= 1.0 and len(summary_json["answers_sha256"]) == 64
-            assert len(rows(folder / "predictions.jsonl")) == questions and (folder / MANIFEST).is_file()
+            assert len(rows(folder / "predictions.jsonl")) == questions
+        # the eval unit's manifest records every model's resolved eval config: 6 models x 2 sets
+        evals = json.loads((work / "seed-0" / "eval" / MANIFEST).read_text())["config"]["evals"]
+        assert sorted(e["name"] for e in evals if e["data_file"].endswith(f"{set_name}.jsonl")) == sorted(models)
         check_comparison(work / "seed-0" / "compare" / set_name, models, questions)
     assert len(rows(work / "data" / "platinum.jsonl")) == ablation.SMOKE_ROWS["platinum"] - 1  # "bad" dropped
 
@@ -121,7 +123,8 @@ def test_the_gpu_config_is_paired_and_loadable_by_vllm_and_plans_its_time(ablati
     assert config.eval_sets == ["platinum", "dev"] and config.eval["repeat"] == 2
     ablation.main([*GPU_ARGS, "--work-dir", "/nonexistent/ablation", "--plan"])
     printed = capsys.readouterr().out
-    assert "seed-0/grpo_correctness" in printed and "eval:platinum:base" in printed and "total" in printed
+    assert "seed-0/grpo_correctness" in printed and "seed-0/eval " in printed and "6 models x dev+platinum" in printed
+    assert "(more than one lease of 24 min)" in printed  # the full design: several leases' worth
 
     # the arms' own settings, the wiring and the seeds cannot be set from the config
     for bad in ("rl.reward=correctness", "prefs.pair_types=[correctness]", "dpo.seed=3", "eval.model=x"):
@@ -132,6 +135,28 @@ def test_the_gpu_config_is_paired_and_loadable_by_vllm_and_plans_its_time(ablati
     next(u for u in units if u.name == "seed-0/grpo_regime_w").config.learning_rate = 1.0
     with pytest.raises(ValueError, match="must differ only in"):
         ablation.check_pairs(units)
+
+
+def test_the_one_lease_config_cuts_only_budgets_and_plans_within_one_lease(ablation, capsys):
+    """regime_w_ablation_one_lease.yaml extends the full design: the same models, arms, settings and eval sets
+    (all of them), smaller budgets; its --plan estimate fits one lease on one H200."""
+    lease_args = [*GPU_ARGS, "--config", str(ONE_LEASE), "--work-dir", "/nonexistent/one-lease"]
+    full, lease = (ablation.config_from_args(ablation.parse_args(a)) for a in ([*GPU_ARGS], lease_args))
+    cut = {"sft": {"max_steps", "save_steps"}, "rollouts": {"max_questions"}, "dpo": {"max_steps", "save_steps"},
+           "rl": {"max_steps"}, "eval": {"repeat", "vllm_batch_invariant", "chunk_size"}}  # fmt: skip
+    for block in ablation.BLOCKS:
+        a, b = getattr(full, block), getattr(lease, block)
+        assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == cut.get(block, set()), block
+    assert lease.eval_sets == ["platinum", "dev"] and lease.engine == "vllm" and lease.isolate
+    assert lease.work_dir != full.work_dir and lease.eval["repeat"] == 1
+
+    units = ablation.make_ablation(lease).units()
+    evals = next(u for u in units if u.stage == "eval").config["evals"]
+    assert len(evals) == 12 and {e["max_questions"] for e in evals} == {None}  # all of Platinum and dev
+    rows = ablation.plan(ablation.make_ablation(lease))
+    assert sum(r["seconds"] for r in rows) / 60 <= ablation.LEASE_MINUTES
+    ablation.main([*lease_args, "--plan"])
+    assert "(fits one lease of 24 min)" in capsys.readouterr().out
 
 
 def test_a_stage_in_its_own_process_returns_its_result_and_raises_its_error(ablation):

@@ -9,7 +9,7 @@ import pytest
 from rollout_worker.engines import make_engine
 from shared_schemas.answers import parse_gold
 from trainer.compare import CompareError, run_compare
-from trainer.data import DataError, write_jsonl
+from trainer.data import DataError, generated_records, write_jsonl
 from trainer.evaluate import EvalConfig, chunk_plan, load_questions, run_eval, score_row
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -202,3 +202,91 @@ def test_cli_eval_and_compare(format_model, tmp_path, capsys):
     )
     with pytest.raises(SystemExit, match="no gold answer"):
         main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+
+
+# --- several models in one engine (eval_many, `looper eval --model A --model B`) -------------------------
+
+
+def tiny_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter over `base` that changes its answers (peft starts B at zero: random B instead)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    lora.save_pretrained(str(out))
+    return out
+
+
+MANY = dict(max_new_tokens=24, chunk_size=4, max_batch_size=4, engine="hf", dtype="float32")
+TIMING = ("seconds", "questions_per_second", "tokens_per_second", "versions")
+
+
+def test_eval_many_writes_what_separate_runs_write(format_model, tmp_path, capsys):
+    from looper.cli import main
+
+    questions = tmp_path / "questions.jsonl"
+    write_jsonl(questions, generated_records(6, seed=3))
+    a = tiny_adapter(format_model, tmp_path / "adapter-a", seed=1)
+    b = tiny_adapter(format_model, tmp_path / "lora-b", seed=2)
+    flags = ["--engine", "hf", "--dtype", "float32", "--max-new-tokens", "24", "--chunk-size", "4"]
+    flags += ["--max-batch-size", "4", "--data-file", str(questions), "--output-dir", str(tmp_path / "many")]
+    # --model repeated: NAME=PATH, or a bare path named after its dir; each into OUTPUT_DIR/NAME
+    main(["eval", "--model", f"base={format_model}", "--model", f"a={a}", "--model", str(b), *flags])
+    assert capsys.readouterr().out.count("accuracy strict") == 3
+
+    outputs = {}
+    for name, model in (("base", format_model), ("a", a), ("lora-b", b)):
+        single = tmp_path / "single" / name
+        run_eval(EvalConfig(model=str(model), data_file=str(questions), output_dir=str(single), name=name, **MANY))
+        many = tmp_path / "many" / name
+        assert lines(many / "predictions.jsonl") == lines(single / "predictions.jsonl")
+        drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+        assert drop(lines(many / "metrics.jsonl")) == drop(lines(single / "metrics.jsonl"))
+        summary, alone = (json.loads((d / "summary.json").read_text()) for d in (many, single))
+        assert summary["name"] == name and summary["model"] == str(model)
+        assert {k: v for k, v in summary.items() if k not in TIMING} == {
+            k: v for k, v in alone.items() if k not in TIMING
+        }
+        outputs[name] = summary["outputs_sha256"]
+    assert len(set(outputs.values())) == 3  # the adapters were applied: three models, three sets of answers
+
+
+def test_eval_many_refuses_what_one_engine_cannot_serve(tiny_model, format_model, tmp_path):
+    from looper.cli import main
+    from trainer.evaluate import eval_many, shared_engine_plan
+
+    questions = tmp_path / "questions.jsonl"
+    write_jsonl(questions, generated_records(2, seed=3))
+    over_format = tiny_adapter(format_model, tmp_path / "over-format", seed=1)
+    over_tiny = tiny_adapter(tiny_model, tmp_path / "over-tiny", seed=2)
+
+    def config(model, name, **kwargs):
+        return EvalConfig(model=str(model), data_file=str(questions), output_dir=str(tmp_path / name), **MANY | kwargs)
+
+    plan = shared_engine_plan([config(format_model, "b"), config(over_format, "a")])
+    assert plan == {"base": str(format_model), "ranks": {str(over_format): 4}}
+    # an adapter recorded over another base, a different model outright: refused before any engine starts
+    with pytest.raises(ValueError, match=r"over-tiny is a LoRA adapter over .*, not the shared base"):
+        eval_many([config(format_model, "b"), config(over_format, "a"), config(over_tiny, "t")])
+    with pytest.raises(ValueError, match="is another model, not the shared base"):
+        eval_many([config(format_model, "b"), config(tiny_model, "t")])
+    with pytest.raises(ValueError, match="need the same dtype"):
+        eval_many([config(format_model, "b"), config(over_format, "a", dtype="bfloat16")])
+    with pytest.raises(ValueError, match="same output dir"):
+        eval_many([config(format_model, "b"), config(over_format, "b")])
+    assert not (tmp_path / "b").exists()
+    # the command line says so too, and wants a name per model
+    flags = ["--data-file", str(questions), "--engine", "hf", "--output-dir", str(tmp_path / "cli")]
+    with pytest.raises(SystemExit, match="not the shared base"):
+        main(["eval", "--model", str(format_model), "--model", str(over_tiny), *flags])
+    with pytest.raises(SystemExit, match="two models are named 'model'"):
+        main(["eval", "--model", str(format_model), "--model", str(tiny_model), *flags])
+    with pytest.raises(SystemExit, match="--name names one model"):
+        main(["eval", "--model", str(format_model), "--model", f"a={over_format}", "--name", "x", *flags])

@@ -41,22 +41,78 @@ def test_rollouts_on_vllm_score_every_arm(regime_w_service, tmp_path):
         assert len({t["text"] for t in record["trajectories"]}) > 5
 
 
-def test_eval_on_vllm_leaves_torch_determinism_to_vllm(tmp_path):
-    """vLLM's engine process inherits torch's deterministic mode, where its compile refuses to run: eval's
-    default --deterministic must not switch it on for vLLM (VLLM_BATCH_INVARIANT covers batching there)."""
+EVAL_ARGS = ["--max-new-tokens", "32", "--dtype", "float32", *CPU_VLLM, "--no-vllm-batch-invariant"]
+
+
+def looper_eval(args: list[str]) -> None:
+    """`looper eval --engine vllm ARGS` in the vLLM venv."""
+    command = [VLLM_PYTHON, "-m", "looper.cli", "eval", "--engine", "vllm", *args, *EVAL_ARGS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def eval_questions(tmp_path_factory) -> Path:
     from trainer.data import generated_records, write_jsonl
 
-    questions = tmp_path / "questions.jsonl"
+    questions = tmp_path_factory.mktemp("vllm-eval") / "questions.jsonl"
     write_jsonl(questions, generated_records(3, seed=5))
-    out = tmp_path / "eval"
-    args = [VLLM_PYTHON, "-m", "looper.cli", "eval", "--engine", "vllm", "--model", SMOLLM2, "--data-file"]
-    args += [str(questions), "--output-dir", str(out), "--max-new-tokens", "32", "--dtype", "float32"]
-    args += [*CPU_VLLM, "--no-vllm-batch-invariant"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    return questions
+
+
+@pytest.fixture(scope="module")
+def base_eval(eval_questions) -> Path:
+    """SmolLM2 alone, `looper eval` as ever (one model, no LoRA)."""
+    out = eval_questions.parent / "base"
+    looper_eval(["--model", SMOLLM2, "--data-file", str(eval_questions), "--output-dir", str(out)])
+    return out
+
+
+def predictions(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_eval_on_vllm_leaves_torch_determinism_to_vllm(base_eval):
+    """vLLM's engine process inherits torch's deterministic mode, where its compile refuses to run: eval's
+    default --deterministic must not switch it on for vLLM (VLLM_BATCH_INVARIANT covers batching there)."""
+    summary = json.loads((base_eval / "summary.json").read_text())
     assert summary["engine"] == "vllm" and summary["questions"] == 3
-    assert summary["deterministic"] is False
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 3 and all(p["output"] and p["completion_tokens"] > 0 for p in predictions)
+    assert summary["deterministic"] is False and "shared_engine" not in summary
+    rows = predictions(base_eval)
+    assert len(rows) == 3 and all(p["output"] and p["completion_tokens"] > 0 for p in rows)
+
+
+def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, eval_questions, tmp_path):
+    """`looper eval --model base=B --model lora=A`: one engine with LoRA on, the base through no LoRA request
+    (its answers are those of the single-model eval) and the adapter through its own."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # B starts at zero (no change): give the adapter something to say
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == SMOLLM2
+
+    out = tmp_path / "many"
+    looper_eval(["--model", f"base={SMOLLM2}", "--model", f"lora={adapter}", "--data-file", str(eval_questions),
+                 "--output-dir", str(out)])  # fmt: skip
+    for name in ("base", "lora"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["name"] == name and summary["questions"] == 3 and summary["engine"] == "vllm"
+        assert summary["shared_engine"]["models"] == [SMOLLM2, str(adapter)]
+        assert summary["shared_engine"]["max_lora_rank"] == 16 and (out / name / "metrics.jsonl").is_file()
+        assert summary["shared_engine"]["lora_adapter"] is (name == "lora")
+    assert predictions(out / "base") == predictions(base_eval)
+    lora_rows = predictions(out / "lora")
+    assert len(lora_rows) == 3 and all(r["output"] for r in lora_rows)
+    assert [r["output"] for r in lora_rows] != [r["output"] for r in predictions(base_eval)]  # the LoRA was applied

@@ -13,6 +13,12 @@ fixed seeds are switched on for the run (and restored after), and
 
 Output dir: `predictions.jsonl` (one line per question, appended chunk by chunk, so an interrupted eval
 resumes), `predictions.repeat-K.jsonl` for repeats, `metrics.jsonl` (per chunk timing), `summary.json`.
+
+`eval_many` evaluates several models over one base (the base itself and LoRA adapters over it) in one
+engine: on vLLM one `LLM` with LoRA enabled, each model's chunks generated through its own LoRA request
+(the base through none), one model after the other, so every model's batches are the ones a run of its
+own would generate; each model's output dir gets exactly what `run_eval` writes, its summary a
+`shared_engine` record. `looper eval --model A --model B ...` is its command line.
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ from pathlib import Path
 from typing import Literal
 
 from looper.config import help_text
-from rollout_worker.engines import Engine, GenerationRequest, make_engine, resolve_engine_kind
+from rollout_worker.engines import (
+    Engine,
+    GenerationRequest,
+    adapter_rank,
+    make_engine,
+    resolve_engine_kind,
+    same_model,
+)
 from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 from shared_schemas.answers import extract_answer, parse_gold
 from trainer.data import PLATINUM_USABLE, DataError, read_jsonl
@@ -46,11 +59,21 @@ SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
 RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
+# settings every model evaluated in one shared engine must have alike: they build the engine or the run around it
+SHARED_KEYS = ("engine", "dtype", "seed", "deterministic", "vllm_batch_invariant", "tensor_parallel_size")
+SHARED_KEYS += ("data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
+SHARED_KEYS += ("max_batch_size", "static_cache", "torch_compile")
 
 
 @dataclass
 class EvalConfig:
-    model: str = field(default="", metadata=help_text("hub id, local dir, .gguf, LoRA adapter dir or merged dir"))
+    model: str = field(
+        default="",
+        metadata=help_text(
+            "hub id, local dir, .gguf, LoRA adapter dir or merged dir; repeat --model [NAME=]PATH to evaluate "
+            "a base and LoRA adapters over it in one engine, each into OUTPUT_DIR/NAME"
+        ),
+    )
     data_file: str = field(default="", metadata=help_text("JSONL of {question, answer[, id, cleaning_status]}"))
     output_dir: str = field(default="runs/eval", metadata=help_text("predictions.jsonl, summary.json, metrics.jsonl"))
     name: str | None = field(default=None, metadata=help_text("label in comparisons (default: the output dir's name)"))
@@ -410,8 +433,10 @@ def run_once(
     return rows
 
 
-def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
-    """Evaluate (or resume), `config.repeat` times; write and return the summary."""
+def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine: dict | None = None) -> dict:
+    """Evaluate (or resume), `config.repeat` times; write and return the summary.
+
+    `shared_engine` (set by `eval_many`): how the engine given is shared, recorded in the summary."""
     records, info = load_questions(config.data_file, config.max_questions)
     if not records:
         raise DataError(f"{config.data_file}: no questions to evaluate")
@@ -440,6 +465,8 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
         "vllm_batch_invariant": engine.name == "vllm" and os.environ.get("VLLM_BATCH_INVARIANT") == "1",
         "versions": _versions(),
     }
+    if shared_engine is not None:
+        meta["shared_engine"] = shared_engine
     _check_settings(out, {**{k: v for k, v in meta.items() if k != "versions"}, **info, **dataclasses.asdict(config)})
     prompts = [build_prompt(r["question"], engine.tokenizer) for r in records]
     plan = chunk_plan(prompts, config.chunk_size)
@@ -468,6 +495,129 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
             config.max_new_tokens,
         )
     return summary
+
+
+# --- several models, one engine -----------------------------------------------------------------------
+
+
+def shared_engine_plan(configs: list[EvalConfig]) -> dict:
+    """Check that `configs` can share one engine and say how: their one base and every adapter's LoRA rank.
+
+    One engine serves one base model: every model must be that base (the same hub id or directory) or a LoRA
+    adapter over it (its recorded base, or the config's `base`), with the same engine settings (SHARED_KEYS).
+    Anything else (an adapter over another base, a merged model, a .gguf) is refused: evaluate it alone.
+    """
+    from trainer.modeling import resolve_source
+
+    if not configs:
+        raise ValueError("no models to evaluate")
+    differ = [k for k in SHARED_KEYS if len({json.dumps(getattr(c, k)) for c in configs}) > 1]
+    if differ:
+        raise ValueError(f"models evaluated in one engine need the same {', '.join(differ)}")
+    outs = Counter(str(Path(c.output_dir).resolve()) for c in configs)
+    twice = [o for o, n in outs.items() if n > 1]
+    if twice:
+        raise ValueError(f"two evaluations write to the same output dir {twice[0]}")
+    bases, ranks = [], {}
+    for c in configs:
+        source = resolve_source(c.model, c.base)
+        if source.kind == "gguf":
+            raise ValueError(f"{c.model}: a .gguf model cannot share an engine with LoRA adapters; evaluate it alone")
+        if source.kind == "adapter":
+            bases.append((c.model, source.base, True))
+            ranks[c.model] = adapter_rank(source.path)
+        else:
+            bases.append((c.model, source.path, False))
+    # the base's own spec names it where it is evaluated too, else the adapters' recorded base
+    base = next((b for _, b, adapter in bases if not adapter), bases[0][1])
+    for model, b, adapter in bases:
+        if not same_model(b, base):
+            what = f"a LoRA adapter over {b}" if adapter else "another model"
+            raise ValueError(
+                f"{model} is {what}, not the shared base {base} (or a LoRA adapter over it): one engine serves "
+                "one base and LoRA adapters over it; evaluate it in a run of its own"
+            )
+    return {"base": base, "ranks": ranks}
+
+
+def eval_many(configs: list[EvalConfig]) -> list[dict]:
+    """Evaluate several models over one base in one engine; returns their summaries in the order given.
+
+    Each config is one model on one data set (several data sets per model are fine) and its output dir gets
+    what `run_eval(config)` writes: the same chunks, resume, settings check and summary, plus a
+    `shared_engine` record in the summary. vLLM: one engine on the base with LoRA enabled up to the largest
+    adapter's rank; the models run one after the other (all of a model's data sets together, so each
+    adapter is loaded once), each through its own LoRA request, the base through none. HF: every model in an
+    engine of its own, loaded in turn (the same as separate runs).
+    """
+    plan = shared_engine_plan(configs)
+    first = configs[0]
+    kind = resolve_engine_kind(first.engine)
+    if kind != "vllm":
+        return [run_eval(c) for c in configs]
+    if first.vllm_batch_invariant:
+        os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
+    options = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("model", "engine", "base")}
+    engine = make_engine("vllm", plan["base"], max_lora_rank=max(plan["ranks"].values(), default=None), **options)
+    models = list(dict.fromkeys(c.model for c in configs))
+    log.info("one vLLM engine on %s for %d model(s): %s", plan["base"], len(models), ", ".join(models))
+    summaries: list[dict | None] = [None] * len(configs)
+    for i in sorted(range(len(configs)), key=lambda i: models.index(configs[i].model)):
+        config = configs[i]
+        view = engine.for_model(config.model, config.base)
+        shared = {"base": plan["base"], "models": models, "max_lora_rank": engine.max_lora_rank,
+                  "lora_adapter": view.lora is not None}  # fmt: skip
+        summaries[i] = run_eval(config, engine=view, shared_engine=shared)
+    return summaries  # type: ignore[return-value]
+
+
+def split_model_spec(spec: str) -> tuple[str, str]:
+    """`NAME=PATH` -> (NAME, PATH); a bare PATH is named after its last component."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and path:
+        return name, path
+    return Path(spec.rstrip("/")).name, spec
+
+
+def configs_from_args(args) -> list[EvalConfig]:
+    """`looper eval`'s configs: one for a single --model (as ever), one per model for repeated --model."""
+    import argparse
+
+    from looper.config import config_from_args
+
+    models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+    if len(models) <= 1:
+        return [config_from_args(EvalConfig, argparse.Namespace(**{**vars(args), "model": (models or [None])[0]}))]
+    if args.name:
+        raise SystemExit("looper eval: --name names one model; with several, use --model NAME=PATH")
+    named = [split_model_spec(m) for m in models]
+    twice = [n for n, k in Counter(n for n, _ in named).items() if k > 1]
+    if twice:
+        raise SystemExit(f"looper eval: two models are named {twice[0]!r}; use --model NAME=PATH")
+    configs = []
+    for name, path in named:
+        config = config_from_args(EvalConfig, argparse.Namespace(**{**vars(args), "model": path, "name": name}))
+        config.output_dir = str(Path(config.output_dir) / name)
+        configs.append(config)
+    return configs
+
+
+def main(args) -> None:
+    """`looper eval`: one model into --output-dir, or several (--model repeated) into --output-dir/NAME."""
+    configs = configs_from_args(args)
+    if len(configs) == 1:
+        summary = run_eval(configs[0])
+        print(format_summary(summary))
+        print(f"summary: {Path(configs[0].output_dir) / SUMMARY}")
+        return
+    try:
+        shared_engine_plan(configs)
+    except ValueError as exc:
+        raise SystemExit(f"looper eval: {exc}") from None
+    summaries = eval_many(configs)
+    for config, summary in zip(configs, summaries, strict=True):
+        print(format_summary(summary))
+        print(f"summary: {Path(config.output_dir) / SUMMARY}")
 
 
 def format_summary(summary: dict) -> str:
