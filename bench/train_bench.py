@@ -51,10 +51,10 @@ from transformers import TrainerCallback
 from shared_schemas.answers import extract_answer, parse_gold
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
 from trainer.data import generated_records, write_jsonl
-from trainer.dpo import DPOStageConfig, read_pairs
+from trainer.dpo import DPOStageConfig, dpo_training_args, read_pairs
 from trainer.prompts import build_prompt, solution_target
-from trainer.rl import RLStageConfig
-from trainer.sft import checkpointing
+from trainer.rl import RLStageConfig, rl_training_args
+from trainer.sft import lora_config
 
 STAGES = ("dpo", "grpo")
 SIDES = ("project", "bare")
@@ -254,75 +254,13 @@ def stage_config(stage: str, args, out_dir: str):
     )
 
 
-def precision() -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
-    return {"bf16": False, "fp16": False, "use_cpu": True}
-
-
-def bare_lora(cfg):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
-    )  # fmt: skip
-
-
 def bare_dpo_args(cfg: DPOStageConfig, output_dir: str):
-    from trl import DPOConfig
-
-    return DPOConfig(
-        output_dir=output_dir,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        max_length=cfg.max_length,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_nan_inf_filter=False,
-        save_strategy="no",
-        report_to="none",
-        **checkpointing(DPOConfig, cfg.gradient_checkpointing),  # transformers 5.17 and 5.2x name it differently
-        **precision(),
-    )
+    """The stage's own training arguments, saving and reporting off: bare TRL trains with the same settings."""
+    return dpo_training_args(cfg, output_dir, save_strategy="no", report_to="none")
 
 
 def bare_grpo_args(cfg: RLStageConfig, output_dir: str):
-    from trl import GRPOConfig
-
-    return GRPOConfig(
-        output_dir=output_dir,
-        learning_rate=cfg.learning_rate,
-        num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        steps_per_generation=cfg.steps_per_generation,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        beta=cfg.beta,
-        max_steps=cfg.max_steps,
-        num_train_epochs=cfg.num_train_epochs,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_nan_inf_filter=False,
-        save_strategy="no",
-        report_to="none",
-        use_vllm=cfg.use_vllm,
-        vllm_mode="colocate",
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        **checkpointing(GRPOConfig, cfg.gradient_checkpointing),
-        **precision(),
-    )
+    return rl_training_args(cfg, output_dir, save_strategy="no", report_to="none")
 
 
 def correctness_reward(completions, gold_answer, **kwargs) -> list[float]:
@@ -354,7 +292,7 @@ def run_bare(stage: str, cfg, dtype, timer: StepTimer, out_dir: str) -> None:
         data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
         trainer = DPOTrainer(
             model=model, args=bare_dpo_args(cfg, out_dir), train_dataset=data, processing_class=tokenizer,
-            peft_config=bare_lora(cfg), callbacks=[timer],
+            peft_config=lora_config(cfg), callbacks=[timer],
         )  # fmt: skip
     else:
         from trl import GRPOTrainer
@@ -366,7 +304,7 @@ def run_bare(stage: str, cfg, dtype, timer: StepTimer, out_dir: str) -> None:
         )
         trainer = GRPOTrainer(
             model=model, reward_funcs=[correctness_reward], args=bare_grpo_args(cfg, out_dir), train_dataset=data,
-            processing_class=tokenizer, peft_config=bare_lora(cfg), callbacks=[timer],
+            processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=[timer],
         )  # fmt: skip
     trainer.train()
 

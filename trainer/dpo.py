@@ -237,28 +237,12 @@ def _log_summary(history: list[dict]) -> dict:
     return summary
 
 
-def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
-    """`callbacks` run before the guards at every event (tests inject NaN gradients this way)."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+def dpo_training_args(config: DPOStageConfig, output_dir: str, **overrides):
+    """TRL's DPOConfig for this stage (`overrides` replace any field: the bench turns saving off)."""
+    from trl import DPOConfig
 
-    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
-    from trainer.data import DataError
-    from trainer.modeling import load_tokenizer
-
-    out = Path(config.output_dir)
-    checkpoints = out / "checkpoints"
-    all_pairs = read_pairs(config.pairs_file)
-    pairs = [p for p in all_pairs if p.pair_type in config.pair_types][: config.max_pairs]
-    if not pairs:
-        raise DataError(f"{config.pairs_file}: no pairs of type {', '.join(config.pair_types)}")
-    tokenizer = load_tokenizer(config.model, config.base)
-    check_prompt_format(pairs, tokenizer, config.pairs_file)
-    model, source = load_policy(config.model, config.base, config.quantization)
-    train = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
-
-    args = DPOConfig(
-        output_dir=str(checkpoints),
+    fields = dict(
+        output_dir=output_dir,
         learning_rate=config.learning_rate,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
@@ -280,6 +264,30 @@ def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
         **checkpointing(DPOConfig, config.gradient_checkpointing),
         **training_precision(),
     )
+    return DPOConfig(**{**fields, **overrides})
+
+
+def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
+    """`callbacks` run before the guards at every event (tests inject NaN gradients this way)."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
+    from trainer.data import DataError
+    from trainer.modeling import load_tokenizer
+
+    out = Path(config.output_dir)
+    checkpoints = out / "checkpoints"
+    all_pairs = read_pairs(config.pairs_file)
+    pairs = [p for p in all_pairs if p.pair_type in config.pair_types][: config.max_pairs]
+    if not pairs:
+        raise DataError(f"{config.pairs_file}: no pairs of type {', '.join(config.pair_types)}")
+    tokenizer = load_tokenizer(config.model, config.base)
+    check_prompt_format(pairs, tokenizer, config.pairs_file)
+    model, source = load_policy(config.model, config.base, config.quantization)
+    train = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+
+    args = dpo_training_args(config, str(checkpoints))
     peft_config = lora_config(config)
     zero_guard = zero_gradient_guard(config.zero_grad_steps)
     nonfinite_guard = NonFiniteGuard(config.max_nonfinite_steps)

@@ -216,41 +216,15 @@ def read_token(token_file: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV)
 
 
-def run_rl(config: RLStageConfig, callbacks=()) -> Path:
-    from datasets import Dataset
-
-    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
-    from trainer.modeling import load_tokenizer
-
+def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
+    """TRL's GRPOConfig or RLOOConfig for this stage (`overrides` replace any field: the bench turns saving off)."""
     if config.algo == "grpo":
         from trl import GRPOConfig as AlgoConfig
-        from trl import GRPOTrainer as AlgoTrainer
     else:
         from trl import RLOOConfig as AlgoConfig
-        from trl import RLOOTrainer as AlgoTrainer
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = out / "checkpoints"
-    records = read_jsonl(config.train_file, required=("id", "question", "answer"))[: config.max_prompts]
-    tokenizer = load_tokenizer(config.model)
-    tokenizer.padding_side = "left"
-    dataset = Dataset.from_list(
-        [
-            {"prompt": build_prompt(r["question"], tokenizer), "question_id": r["id"], "question": r["question"],
-             "gold_answer": r["answer"]}
-            for r in records
-        ]
-    )  # fmt: skip
-    client = ClientConfig(
-        url=config.service_url,
-        token=read_token(config.token_file),
-        timeout_s=config.service_timeout_s,
-        max_retries=config.service_retries,
-    )
-    reward = ServiceReward(client, config.reward, out / "rewards.jsonl")
-    args = AlgoConfig(
-        output_dir=str(checkpoints),
+    fields = dict(
+        output_dir=output_dir,
         learning_rate=config.learning_rate,
         num_generations=config.num_generations,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -274,6 +248,41 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         **checkpointing(AlgoConfig, config.gradient_checkpointing),
         **training_precision(),
     )
+    return AlgoConfig(**{**fields, **overrides})
+
+
+def run_rl(config: RLStageConfig, callbacks=()) -> Path:
+    from datasets import Dataset
+
+    from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
+    from trainer.modeling import load_tokenizer
+
+    if config.algo == "grpo":
+        from trl import GRPOTrainer as AlgoTrainer
+    else:
+        from trl import RLOOTrainer as AlgoTrainer
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    records = read_jsonl(config.train_file, required=("id", "question", "answer"))[: config.max_prompts]
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.padding_side = "left"
+    dataset = Dataset.from_list(
+        [
+            {"prompt": build_prompt(r["question"], tokenizer), "question_id": r["id"], "question": r["question"],
+             "gold_answer": r["answer"]}
+            for r in records
+        ]
+    )  # fmt: skip
+    client = ClientConfig(
+        url=config.service_url,
+        token=read_token(config.token_file),
+        timeout_s=config.service_timeout_s,
+        max_retries=config.service_retries,
+    )
+    reward = ServiceReward(client, config.reward, out / "rewards.jsonl")
+    args = rl_training_args(config, str(checkpoints))
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
     # the KL controller adds beta to the logs, so it runs before the metrics writer
