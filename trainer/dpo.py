@@ -33,7 +33,7 @@ from typing import Literal
 
 from looper.config import help_text
 from trainer.adapters import load_policy, save_stacked_adapter
-from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, lora_config, training_precision, versions
+from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
 log = logging.getLogger("looper.dpo")
 
@@ -242,27 +242,13 @@ def dpo_training_args(config: DPOStageConfig, output_dir: str, **overrides):
     from trl import DPOConfig
 
     fields = dict(
-        output_dir=output_dir,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        **stage_training_args(DPOConfig, config, output_dir),
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_length,
         precompute_ref_log_probs=config.precompute_ref_log_probs,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        logging_nan_inf_filter=False,
-        **checkpointing(DPOConfig, config.gradient_checkpointing),
-        **training_precision(),
     )
     return DPOConfig(**{**fields, **overrides})
 

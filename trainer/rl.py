@@ -24,7 +24,7 @@ from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.data import read_jsonl
 from trainer.prompts import build_prompt
-from trainer.sft import LORA_TARGETS, checkpointing, file_sha256, lora_config, training_precision, versions
+from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
 log = logging.getLogger("looper.rl")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
@@ -224,29 +224,15 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
         from trl import RLOOConfig as AlgoConfig
 
     fields = dict(
-        output_dir=output_dir,
-        learning_rate=config.learning_rate,
+        **stage_training_args(AlgoConfig, config, output_dir),
         num_generations=config.num_generations,
-        per_device_train_batch_size=config.per_device_train_batch_size,
         steps_per_generation=config.steps_per_generation,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_completion_length=config.max_completion_length,
         temperature=config.temperature,
         beta=config.beta,
-        max_steps=config.max_steps,
-        num_train_epochs=config.num_train_epochs,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
         use_vllm=config.use_vllm,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-        logging_nan_inf_filter=False,
-        **checkpointing(AlgoConfig, config.gradient_checkpointing),
-        **training_precision(),
     )
     return AlgoConfig(**{**fields, **overrides})
 

@@ -120,6 +120,28 @@ def training_precision() -> dict:
     return {"bf16": False, "fp16": False, "use_cpu": True}
 
 
+def stage_training_args(config_class, config, output_dir: str) -> dict:
+    """The TrainingArguments fields every stage sets alike from its config: schedule size, seed, logging,
+    checkpoint saving, precision and activation checkpointing."""
+    return dict(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        logging_nan_inf_filter=False,
+        **checkpointing(config_class, config.gradient_checkpointing),
+        **training_precision(),
+    )
+
+
 def checkpointing(config_class, enabled: bool) -> dict:
     """TRL turns activation checkpointing on unless told; transformers renamed the flag in 5.2x
     (gradient_checkpointing -> activation_checkpointing), so say it in the installed version's words."""
@@ -179,26 +201,12 @@ def train_prompt_completion(
     evaluation = Dataset.from_list(eval_rows) if eval_rows is not None else None
 
     args = SFTConfig(
-        output_dir=str(checkpoints),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        **stage_training_args(SFTConfig, config, str(checkpoints)),
         max_length=config.max_length,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type,
         completion_only_loss=True,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
         eval_strategy="epoch" if evaluation is not None else "no",
-        logging_nan_inf_filter=False,
-        **training_precision(),
-        **checkpointing(SFTConfig, config.gradient_checkpointing),
     )
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     out.mkdir(parents=True, exist_ok=True)
