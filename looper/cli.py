@@ -322,13 +322,21 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from rollout_worker.client import ServiceError, ServiceUnavailable
+    from rollout_worker.parallel import DataParallelError
     from trainer.data import DataError
     from trainer.modeling import ModelSourceError
     from trainer.rl import RewardServiceFailure
 
     try:
         args.func(args)
-    except (DataError, ModelSourceError, ServiceError, ServiceUnavailable, RewardServiceFailure) as exc:
+    except (
+        DataError,
+        DataParallelError,
+        ModelSourceError,
+        ServiceError,
+        ServiceUnavailable,
+        RewardServiceFailure,
+    ) as exc:
         raise SystemExit(f"looper {args.command}: {exc}") from None
 
 

@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import os
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,21 @@ class PerRowSampling:
 
     transformers' `generate` takes one temperature and top_p per call; with this, every arm of every
     question shares one batched call instead of one call per arm.
+
+    With `seeds` (one per row) it also draws every row's token itself, by inverse-CDF sampling with one
+    uniform per step from the row's own stream (`random.Random(seed)`), and leaves `generate` a single
+    finite logit to pick: a row's sample then depends on its seed and its logits only, never on which other
+    rows share its batch or where it sits in it (vLLM seeds each request the same way). Without `seeds`
+    the masked scores are returned for `generate` to sample with torch's global generator.
     """
 
-    def __init__(self, temperatures, top_ps):
+    def __init__(self, temperatures, top_ps, seeds=None):
         import torch
 
         self.greedy = temperatures <= 0
         self.temperatures = torch.where(self.greedy, torch.ones_like(temperatures), temperatures)[:, None]
         self.top_ps = top_ps[:, None]
+        self.streams = None if seeds is None else [random.Random(int(seed)) for seed in seeds]
 
     def __call__(self, input_ids, scores):
         import torch
@@ -73,11 +81,24 @@ class PerRowSampling:
         drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_ps
         drop[:, -1] = False
         scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        if self.streams is not None:
+            return self._draw(scores)
         if self.greedy.any():
             best = scores.argmax(dim=-1, keepdim=True)
             only_best = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
             scores = torch.where(self.greedy[:, None], only_best, scores)
         return scores
+
+    def _draw(self, scores):
+        import torch
+
+        # one draw per row per step, greedy rows included, so a stream's k-th draw is always its k-th token
+        uniforms = torch.tensor([s.random() for s in self.streams], dtype=torch.float64, device=scores.device)
+        cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
+        # the first token whose cumulative probability exceeds u * total: never one of probability 0
+        drawn = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).clamp_(max=scores.shape[-1] - 1)
+        chosen = torch.where(self.greedy[:, None], scores.argmax(dim=-1, keepdim=True), drawn)
+        return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
 
 
 class FillerRows:
@@ -102,8 +123,9 @@ def bucket_rows(rows: int, max_batch_size: int) -> int:
 class HFEngine:
     """transformers `generate`, left-padded, sorted by prompt length, every arm in the same call.
 
-    Sampling is seeded per call (the chunk's first seed), so a rollout is reproducible for the same
-    batch composition; vLLM seeds each request on its own.
+    Sampling is seeded per row: every request draws its tokens from its own stream seeded with its `seed`
+    (`PerRowSampling`), as vLLM seeds each request, so a request's output does not depend on the other
+    requests of the call (the same prompt, seed and logits give the same text in any batch or shard).
 
     `static_cache=True` is the tuned path for machines without vLLM: a preallocated KV cache, prompts
     left-padded to a multiple of `length_bucket` tokens and batches padded to a power of two, so only a
@@ -198,8 +220,8 @@ class HFEngine:
         sampling = PerRowSampling(
             torch.tensor([r.temperature for r in chunk], device=self.device),
             torch.tensor([r.top_p for r in chunk], device=self.device),
+            seeds=[r.seed for r in chunk],
         )
-        torch.manual_seed(chunk[0].seed)
         with torch.inference_mode():
             output = self.model.generate(
                 **batch,
@@ -269,6 +291,14 @@ class VLLMEngine:
         enforce_eager: bool = False,
         max_lora_rank: int | None = None,
     ):
+        if data_parallel_size > 1:
+            # vLLM's LLM.__init__ raises for this itself (read in 0.26 and 0.32: "LLM(data_parallel_size=N) is not supported
+            # for single-process usage and may hang"); say what to do instead before paying for the import
+            raise ValueError(
+                f"data_parallel_size={data_parallel_size}: vLLM's offline LLM runs one replica per process. "
+                "Rollouts shard the questions over one worker process per GPU (RolloutConfig.data_parallel_size, "
+                "`looper rollouts --data-parallel-size N`); elsewhere run one process per GPU"
+            )
         from vllm import LLM
 
         from trainer.modeling import resolve_source
@@ -284,8 +314,6 @@ class VLLMEngine:
             "gpu_memory_utilization": gpu_memory_utilization,
             "enforce_eager": enforce_eager,
         }
-        if data_parallel_size > 1:
-            kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         rank = max_lora_rank or 0

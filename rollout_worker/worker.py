@@ -4,6 +4,9 @@ Durability: generated groups go to a spool file (fsync) before they are scored; 
 appended to the output (fsync) and only then dropped from the spool. A restart skips question ids already
 in the output and scores what the spool holds first, so a kill -9 or a service outage loses nothing and
 redoes nothing that was finished.
+
+`data_parallel_size` N > 1 runs N such workers side by side, one per GPU, each on a shard of the questions, and
+merges their files (`rollout_worker/parallel.py`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ class RolloutConfig:
         default=False, metadata={"help": "HF engine: decode step compiled into CUDA graphs (needs static_cache)"}
     )
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "N worker processes, each on its own GPU(s) with a shard of the questions"},
+    )
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
     score_chunk: int = field(default=32, metadata={"help": "groups per /v1/score/batch call"})
@@ -73,6 +79,9 @@ class RolloutConfig:
     def __post_init__(self):
         if not self.questions_file or not self.model:
             raise ValueError("questions_file and model are required")
+        for name in ("batch_size", "tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # --- durable JSONL files ---------------------------------------------------------------------------
@@ -214,7 +223,7 @@ class RolloutRun:
             for qp in rendered.questions:
                 prompts[qp.question_id] = {p.arm_name: (p.system, p.user) for p in qp.prompts}
 
-        tokens, started = 0, time.monotonic()
+        tokens, generate_seconds, started = 0, 0.0, time.monotonic()
         bar = tqdm(total=len(todo), desc="rollouts", unit="q")
         for start in range(0, len(todo), self.config.batch_size):
             batch = todo[start : start + self.config.batch_size]
@@ -222,6 +231,7 @@ class RolloutRun:
             t0 = time.monotonic()
             generations = self.engine.generate(requests)
             gen_seconds = time.monotonic() - t0
+            generate_seconds += gen_seconds
             groups: dict[str, dict] = {}
             for (q, arm, max_new), gen in zip(layout, generations, strict=True):
                 group = groups.setdefault(
@@ -273,6 +283,7 @@ class RolloutRun:
             "generated": len(todo),
             "scored_from_earlier_spool": scored_before,
             "completion_tokens": tokens,
+            "generate_seconds": round(generate_seconds, 3),
         }
 
 
@@ -282,8 +293,23 @@ def read_token(config: RolloutConfig) -> str | None:
     return os.environ.get(TOKEN_ENV)
 
 
-def run_rollouts(config: RolloutConfig, engine: Engine | None = None) -> dict:
-    questions = read_jsonl(config.questions_file, required=("id", "question", "answer"))[: config.max_questions]
+def load_questions(config: RolloutConfig) -> list[dict]:
+    return read_jsonl(config.questions_file, required=("id", "question", "answer"))[: config.max_questions]
+
+
+def run_rollouts(config: RolloutConfig, engine: Engine | None = None, questions: list[dict] | None = None) -> dict:
+    """Every arm of every question generated, scored and written to `config.output_file` (resumable).
+
+    `data_parallel_size` N > 1: N worker processes, each with its own engine on its own GPU and a shard of
+    the questions, merged into the output in question order (`rollout_worker.parallel`)."""
+    from rollout_worker import parallel
+
+    questions = load_questions(config) if questions is None else questions
+    if config.data_parallel_size > 1:
+        if engine is not None:
+            raise ValueError("data_parallel_size > 1 starts one engine per worker process: pass no engine")
+        return parallel.run_data_parallel(config, questions)
+    parallel.refuse_unfinished_shards(Path(config.output_file), 1)
     options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
     engine = engine or make_engine(config.engine, config.model, **options)
     client_config = ClientConfig(url=config.service_url, token=read_token(config))

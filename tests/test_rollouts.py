@@ -14,7 +14,7 @@ import pytest
 from looper.local_service import free_port, local_service
 from rollout_worker.engines import GenerationRequest, HFEngine
 from rollout_worker.worker import RolloutConfig, read_complete_lines, run_rollouts
-from trainer.data import generated_records, write_jsonl
+from trainer.data import generated_records, read_jsonl, write_jsonl
 
 REGIME_W_ARMS = [
     *(f"wolfram_{k}" for k in range(4)),
@@ -140,3 +140,107 @@ def test_per_row_sampling_gives_each_row_its_own_temperature_and_top_p():
     assert torch.isfinite(out[0]).tolist() == [True, False, False, False]  # greedy: the argmax alone
     assert torch.isfinite(out[1]).tolist() == [True, True, False, False]  # 0.5 + 0.3 covers top_p 0.7
     assert torch.allclose(out[2], scores[2] / 2.0)  # temperature 2, no truncation
+
+
+# --- data parallel: N worker processes, a shard of the questions each ------------------------------------------
+
+
+def test_hf_sampling_of_a_request_does_not_depend_on_its_batch(tiny_model):
+    """Per-row seeded streams: the same request gives the same text alone, or anywhere in a larger batch."""
+    engine = HFEngine(str(tiny_model), max_batch_size=8)
+    target = GenerationRequest("Problem: 3 + 4 =", 0.9, 0.95, 7, 12)
+    others = [
+        GenerationRequest(f"Another, longer problem {i}: {i} x 12 =", 0.5 + 0.1 * i, 0.9, i, 12) for i in range(3)
+    ]
+    alone = engine.generate([target])[0]
+    assert engine.generate([others[0], target, *others[1:]])[1] == alone
+    assert engine.generate([*others, target])[3] == alone
+    other_seed = [GenerationRequest(target.prompt, 0.9, 0.95, seed, 12) for seed in range(8, 12)]
+    assert any(g.text != alone.text for g in engine.generate(other_seed))  # the seed does matter
+
+
+def test_shard_devices_pin_each_shard_to_its_own_gpus():
+    from rollout_worker.parallel import DataParallelError, shard_devices
+
+    assert shard_devices(2, environ={"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert shard_devices(2, 2, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == ["0,1", "2,3"]
+    assert shard_devices(2, environ={"CUDA_VISIBLE_DEVICES": ""}) == [None, None]  # no GPU: the CPU, unpinned
+    with pytest.raises(DataParallelError, match="needs 4 GPUs; 2 visible"):
+        shard_devices(2, 2, environ={"CUDA_VISIBLE_DEVICES": "0,1"})
+
+
+def test_data_parallel_in_one_engine_is_refused_with_what_to_do_instead(tmp_path):
+    """vLLM's offline LLM raises for data_parallel_size > 1 (0.26: "not supported for single-process usage");
+    the engine and eval say so before vLLM is even imported."""
+    from rollout_worker.engines import VLLMEngine
+    from trainer.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="one replica per process.*--data-parallel-size N"):
+        VLLMEngine("any/model", data_parallel_size=2)
+    with pytest.raises(ValueError, match="one `looper eval` per GPU"):
+        EvalConfig(model="m", data_file="d.jsonl", data_parallel_size=2)
+
+
+def dp_config(model, questions, output, url, n, dp, **kwargs):
+    return RolloutConfig(
+        questions_file=str(questions), output_file=str(output), model=str(model), engine="hf", service_url=url,
+        max_questions=n, batch_size=3, max_new_tokens=24, data_parallel_size=dp, **kwargs,
+    )  # fmt: skip
+
+
+def test_two_shards_write_what_one_process_writes(tiny_model, questions, stub_service, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOPER_SERVICE_TOKEN", stub_service.token)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one = run_rollouts(dp_config(tiny_model, questions, tmp_path / "dp1.jsonl", stub_service.url, 8, 1))
+    two = run_rollouts(dp_config(tiny_model, questions, tmp_path / "dp2.jsonl", stub_service.url, 8, 2))
+    # shards 0 and 1 batch questions (0, 2, 4), (6) and (1, 3, 5), (7); one process (0, 1, 2), (3, 4, 5), (6, 7)
+    assert (tmp_path / "dp2.jsonl").read_bytes() == (tmp_path / "dp1.jsonl").read_bytes()
+    assert [r["question_id"] for r in records_of(tmp_path / "dp2.jsonl")] == [
+        q["id"] for q in read_jsonl(questions)[:8]
+    ]
+    assert two["records"] == one["records"] == 8 and two["generated"] == 8 and two["data_parallel_size"] == 2
+    assert two["completion_tokens"] == one["completion_tokens"] and len(two["shards"]) == 2
+    metrics = read_complete_lines(tmp_path / "dp2.jsonl.metrics.jsonl")
+    assert {m["shard"] for m in metrics} == {0, 1} and sum(m["questions"] for m in metrics) == 8
+    left = sorted(p.name for p in tmp_path.iterdir() if ".shard-" in p.name)
+    assert left == ["dp2.jsonl.shard-0-of-2.jsonl.log", "dp2.jsonl.shard-1-of-2.jsonl.log"]  # only the logs stay
+    # rerun: nothing to do, nothing started
+    again = run_rollouts(dp_config(tiny_model, questions, tmp_path / "dp2.jsonl", stub_service.url, 8, 2))
+    assert again["generated"] == 0 and again["shards"] == [] and again["records"] == 8
+    assert (tmp_path / "dp2.jsonl").read_bytes() == (tmp_path / "dp1.jsonl").read_bytes()
+
+
+def test_unfinished_shards_are_not_overrun_by_a_run_of_another_size(tiny_model, questions, tmp_path):
+    from rollout_worker.parallel import DataParallelError
+
+    output = tmp_path / "rollouts.jsonl"
+    (tmp_path / "rollouts.jsonl.shard-1-of-2.jsonl").write_text("")
+    for dp in (1, 3):
+        with pytest.raises(DataParallelError, match="rerun with data_parallel_size 2"):
+            run_rollouts(dp_config(tiny_model, questions, output, "http://127.0.0.1:9", 4, dp))
+
+
+def test_a_killed_sharded_run_resumes_without_losing_or_redoing_work(tiny_model, questions, stub_service, tmp_path):
+    output = tmp_path / "rollouts.jsonl"
+    env = {**os.environ, "LOOPER_SERVICE_TOKEN": stub_service.token, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = rollout_args(tiny_model, questions, output, stub_service.url, 30, ["--data-parallel-size", "2"])
+    shards = [tmp_path / f"rollouts.jsonl.shard-{k}-of-2.jsonl" for k in range(2)]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while sum(len(read_complete_lines(s)) for s in shards if s.exists()) < 6:
+        assert process.poll() is None, "finished before it could be killed: make the run longer"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # the parent only: its shard processes follow it (parent-death signal)
+    process.wait()
+    written_before = sum(len(read_complete_lines(s)) for s in shards)
+    assert 6 <= written_before < 30 and not output.exists()
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ids = [r["question_id"] for r in records_of(output)]
+    assert ids == [q["id"] for q in read_jsonl(questions)[:30]]  # each once, in question order
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["generated"] + summary["scored_from_earlier_spool"] <= 30 - written_before + 4
+    assert not any(s.exists() for s in shards)

@@ -18,20 +18,34 @@ pytestmark = pytest.mark.skipif(
 CPU_VLLM = ["--enforce-eager", "--max-model-len", "1024", "--gpu-memory-utilization", "0.2"]
 
 
-def test_rollouts_on_vllm_score_every_arm(regime_w_service, tmp_path):
-    from trainer.data import generated_records, write_jsonl
-
-    questions = tmp_path / "questions.jsonl"
-    write_jsonl(questions, generated_records(3, seed=21))
-    output = tmp_path / "rollouts.jsonl"
+def vllm_rollouts(service, questions: Path, output: Path, extra=()) -> Path:
+    """`looper rollouts --engine vllm` in the vLLM venv on the first 2 questions; the output file."""
     args = [VLLM_PYTHON, "-m", "looper.cli", "rollouts", "--engine", "vllm", "--model", SMOLLM2]
-    args += ["--questions-file", str(questions), "--output-file", str(output), "--service-url", regime_w_service.url]
+    args += ["--questions-file", str(questions), "--output-file", str(output), "--service-url", service.url]
     args += ["--max-questions", "2", "--batch-size", "2", "--max-new-tokens", "48", "--dtype", "float32"]
-    args += CPU_VLLM
-    env = {**os.environ, "LOOPER_SERVICE_TOKEN": regime_w_service.token, "HF_HUB_OFFLINE": "1"}
+    args += [*CPU_VLLM, *extra]
+    env = {**os.environ, "LOOPER_SERVICE_TOKEN": service.token, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+    return output
+
+
+@pytest.fixture(scope="module")
+def rollout_questions(tmp_path_factory) -> Path:
+    from trainer.data import generated_records, write_jsonl
+
+    questions = tmp_path_factory.mktemp("vllm-questions") / "questions.jsonl"
+    write_jsonl(questions, generated_records(3, seed=21))
+    return questions
+
+
+@pytest.fixture(scope="module")
+def one_replica(regime_w_service, rollout_questions, tmp_path_factory) -> Path:
+    return vllm_rollouts(regime_w_service, rollout_questions, tmp_path_factory.mktemp("vllm-dp1") / "rollouts.jsonl")
+
+
+def test_rollouts_on_vllm_score_every_arm(one_replica):
+    records = [json.loads(line) for line in one_replica.read_text().splitlines()]
     assert len(records) == 2
     for record in records:
         assert record["engine"] == "vllm" and len(record["trajectories"]) == 11
@@ -39,6 +53,17 @@ def test_rollouts_on_vllm_score_every_arm(regime_w_service, tmp_path):
         assert all(0 < t["completion_tokens"] <= 48 and t["text"] for t in record["trajectories"])
         # a real model says different things under different arms and seeds
         assert len({t["text"] for t in record["trajectories"]}) > 5
+
+
+def test_two_vllm_replicas_write_what_one_writes(one_replica, regime_w_service, rollout_questions, tmp_path):
+    """--data-parallel-size 2: two worker processes with an engine each (vLLM's LLM refuses DP in one process),
+    one question each; per-request seeds and fp32 make their merged output the one-process file, byte for byte."""
+    two = vllm_rollouts(regime_w_service, rollout_questions, tmp_path / "rollouts.jsonl", ["--data-parallel-size", "2"])
+    assert two.read_bytes() == one_replica.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".shard-" in p.name) == [
+        "rollouts.jsonl.shard-0-of-2.jsonl.log",
+        "rollouts.jsonl.shard-1-of-2.jsonl.log",
+    ]
 
 
 EVAL_ARGS = ["--max-new-tokens", "32", "--dtype", "float32", *CPU_VLLM, "--no-vllm-batch-invariant"]

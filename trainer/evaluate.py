@@ -101,7 +101,9 @@ class EvalConfig:
         default=True, metadata=help_text("vLLM: VLLM_BATCH_INVARIANT=1 (answers independent of batching; H100+)")
     )
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    data_parallel_size: int = field(
+        default=1, metadata=help_text("1 only (vLLM's offline engine is one replica per process): one eval per GPU")
+    )
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
     enforce_eager: bool = field(default=False, metadata=help_text("vLLM: no CUDA graphs"))
@@ -114,6 +116,12 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_questions is not None and self.max_questions < 1:
             raise ValueError(f"max_questions must be >= 1, got {self.max_questions}")
+        if self.data_parallel_size != 1:
+            # vLLM's offline LLM refuses data_parallel_size > 1 in one process (rollout_worker.engines.VLLMEngine)
+            raise ValueError(
+                f"data_parallel_size {self.data_parallel_size}: eval runs one engine in one process; to use several "
+                "GPUs run one `looper eval` per GPU (CUDA_VISIBLE_DEVICES=K), e.g. one per model or data file"
+            )
 
 
 # --- data ---------------------------------------------------------------------------------------------

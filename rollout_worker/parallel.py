@@ -1,0 +1,326 @@
+"""Data-parallel rollouts: N worker processes, one GPU each, each generating a disjoint shard of the questions.
+
+vLLM's offline `LLM` runs one replica per process: `LLM(data_parallel_size=N)` raises in vLLM 0.26
+("not supported for single-process usage and may hang"; vllm/entrypoints/llm.py), and a dense model needs no
+coordination between replicas anyway. So the worker shards the questions itself:
+
+- Question i of the run (file order, after `max_questions`) belongs to shard i % N: a fixed, disjoint split
+  that does not depend on what is already done, so a rerun gives every question the same shard.
+- Shard k is a child process (`python -m rollout_worker.parallel`) running the ordinary single-process
+  worker on its questions into `<output>.shard-K-of-N.jsonl`, with its own spool and metrics, so each shard
+  resumes as a single run does. `CUDA_VISIBLE_DEVICES` gives it GPU k (tensor_parallel_size GPUs where > 1,
+  taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone. Its log is
+  `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
+- When every shard has finished, the output is rewritten (temp file, then rename) with the records it had
+  and the shards' records in question order, the shards' metrics are appended to `<output>.metrics.jsonl`
+  with a "shard" field, and the shard files are removed. With per-request seeds (vLLM, and the HF engine's
+  per-row streams) a question's trajectories do not depend on its shard, so N shards write what one
+  process writes, up to the engine's batch numerics.
+- A killed run (parent or child) resumes on rerun with the same N: finished questions are not redone.
+  Children die with the parent (PR_SET_PDEATHSIG) and take their own children (vLLM's engine process) along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+log = logging.getLogger("looper.rollouts")
+
+
+class DataParallelError(RuntimeError):
+    """A sharded run that cannot start (leftovers of another run, too few GPUs) or whose shards failed."""
+
+
+SHARD_FILE = re.compile(r"\.shard-(\d+)-of-(\d+)\.jsonl(\.spool)?")
+LOCK_WAIT_S = 60.0
+
+
+def shard_path(output: Path, k: int, n: int) -> Path:
+    return output.with_name(f"{output.name}.shard-{k}-of-{n}.jsonl")
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    """The worker's files beside an output: `.spool`, `.metrics.jsonl`, `.log`, `.summary.json`, `.lock`."""
+    return path.with_name(path.name + suffix)
+
+
+def shard_questions(questions: list[dict], k: int, n: int) -> list[dict]:
+    return [q for i, q in enumerate(questions) if i % n == k]
+
+
+def unfinished_shard_counts(output: Path) -> set[int]:
+    """N of every sharded run whose shard outputs or spools are still beside `output` (not merged yet)."""
+    if not output.parent.is_dir():
+        return set()
+    counts = set()
+    for path in output.parent.iterdir():
+        if path.name.startswith(output.name) and (m := SHARD_FILE.fullmatch(path.name[len(output.name) :])):
+            counts.add(int(m.group(2)))
+    return counts
+
+
+def refuse_unfinished_shards(output: Path, n: int) -> None:
+    """A run with another N would ignore those shards' work and write its questions twice."""
+    other = sorted(unfinished_shard_counts(output) - {n})
+    if other:
+        raise DataParallelError(
+            f"{output}: shard files of an unfinished run with data_parallel_size {other[0]} are beside it "
+            f"({output.name}.shard-*-of-{other[0]}.jsonl): rerun with data_parallel_size {other[0]} to finish and "
+            "merge them, or delete them to start over"
+        )
+
+
+def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each shard: `tensor_parallel_size` GPUs each, from the GPUs this process sees
+    (its own CUDA_VISIBLE_DEVICES, else all); None for every shard where there is no GPU."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        import torch
+
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if not ids:
+        return [None] * n
+    need = n * tensor_parallel_size
+    if len(ids) < need:
+        raise DataParallelError(
+            f"data_parallel_size {n} x tensor_parallel_size {tensor_parallel_size} needs {need} GPUs; "
+            f"{len(ids)} visible ({','.join(ids)})"
+        )
+    return [",".join(ids[k * tensor_parallel_size : (k + 1) * tensor_parallel_size]) for k in range(n)]
+
+
+def _raw_records(path: Path) -> list[tuple[str, str]]:
+    """(question_id, line) of each complete line, the line as written (merging keeps the bytes)."""
+    if not path.exists():
+        return []
+    data = path.read_text(encoding="utf-8")
+    data = data[: data.rfind("\n") + 1]  # a torn last line is no record
+    return [(json.loads(line)["question_id"], line) for line in data.splitlines() if line.strip()]
+
+
+def _line_count(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+# --- the parent --------------------------------------------------------------------------------------------
+
+
+def run_data_parallel(config, questions: list[dict]) -> dict:
+    from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
+
+    n = config.data_parallel_size
+    output = Path(config.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    refuse_unfinished_shards(output, n)
+    if read_complete_lines(sidecar(output, ".spool")):
+        raise DataParallelError(
+            f"{sidecar(output, '.spool')} holds generated groups of an unfinished single-process run: "
+            "rerun it with data_parallel_size 1 to score them first"
+        )
+    done = {qid for qid, _ in _raw_records(output)}
+    devices = shard_devices(n, config.tensor_parallel_size)
+    started = time.monotonic()
+    children: dict[int, subprocess.Popen] = {}
+    stopped: set[int] = set()
+    try:
+        for k in range(n):
+            path = shard_path(output, k, n)
+            finished = {qid for qid, _ in _raw_records(path)}
+            todo = [q for q in shard_questions(questions, k, n) if q["id"] not in done | finished]
+            if not todo and not read_complete_lines(sidecar(path, ".spool")):
+                continue  # nothing to generate or score: its records wait for the merge
+            children[k] = _start_shard(config, k, n, devices[k])
+        _wait(children, output, n, len(questions) - len(done))
+    finally:
+        for k, process in children.items():
+            if process.poll() is None:
+                stopped.add(k)
+                _stop(process)
+    failed = {k: p.returncode for k, p in children.items() if p.returncode != 0 and k not in stopped}
+    if failed or stopped:
+        details = "; ".join(
+            f"shard {k} exited {code}, log {sidecar(shard_path(output, k, n), '.log')}:\n{_tail(k, output, n)}"
+            for k, code in failed.items()
+        )
+        raise DataParallelError(
+            f"{len(failed)} of {n} rollout shards failed and {len(stopped)} were stopped; what they finished is kept "
+            f"and a rerun with data_parallel_size {n} resumes. {details}"
+        )
+
+    summaries = []
+    for k in range(n):
+        summary_file = sidecar(shard_path(output, k, n), ".summary.json")
+        if k in children and summary_file.exists():
+            summaries.append({"shard": k, **json.loads(summary_file.read_text())})
+
+    # merge: the records the output had and every shard's, once each, in question order
+    order = {q["id"]: i for i, q in enumerate(questions)}
+    rows, seen = [], set()
+    for k in [None, *range(n)]:
+        for qid, line in _raw_records(output if k is None else shard_path(output, k, n)):
+            if qid not in seen:  # a duplicate only after a kill between merging and cleaning up
+                seen.add(qid)
+                rows.append((order.get(qid, len(order)), len(rows), line))
+    rows.sort()
+    rewrite_lines(output, [line for _, _, line in rows])
+    for k in range(n):
+        path = shard_path(output, k, n)
+        metrics = [{**m, "shard": k} for m in read_complete_lines(sidecar(path, ".metrics.jsonl"))]
+        if metrics:
+            append_lines(sidecar(output, ".metrics.jsonl"), [json.dumps(m) for m in metrics])
+        for suffix in (".metrics.jsonl", ".summary.json", ".spool", ".lock", ""):
+            sidecar(path, suffix).unlink(missing_ok=True)
+
+    return {
+        "records": len(seen),
+        "generated": sum(s["generated"] for s in summaries),
+        "scored_from_earlier_spool": sum(s["scored_from_earlier_spool"] for s in summaries),
+        "completion_tokens": sum(s["completion_tokens"] for s in summaries),
+        # the shards generate side by side: the slowest one's generation time is the run's
+        "generate_seconds": max((s.get("generate_seconds", 0.0) for s in summaries), default=0.0),
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "data_parallel_size": n,
+        "shards": summaries,
+    }
+
+
+def _start_shard(config, k: int, n: int, device: str | None) -> subprocess.Popen:
+    path = shard_path(Path(config.output_file), k, n)
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    command = [sys.executable, "-m", "rollout_worker.parallel", "--shard", str(k), "--shards", str(n)]
+    command += ["--config", json.dumps(asdict(config))]
+    log_file = sidecar(path, ".log").open("ab")
+    try:
+        log.info("shard %d/%d on %s: log %s", k, n, f"GPU {device}" if device else "the CPU", sidecar(path, ".log"))
+        # a session of its own, so that stopping it (killpg) takes vLLM's engine process along too
+        return subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    finally:
+        log_file.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL (Linux; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _wait(children: dict[int, subprocess.Popen], output: Path, n: int, total: int) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"rollouts x{n}", unit="q")
+    try:
+        while any(p.poll() is None for p in children.values()):
+            if any(p.returncode not in (None, 0) for p in children.values()):
+                break  # one failed: the rest are stopped (their work is kept) and the run reports it
+            _progress(bar, output, n, total)
+            time.sleep(2.0)
+        _progress(bar, output, n, total)
+    finally:
+        bar.close()
+
+
+def _progress(bar, output: Path, n: int, total: int) -> None:
+    bar.n = min(total, sum(_line_count(shard_path(output, k, n)) for k in range(n)))
+    bar.refresh()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
+def _tail(k: int, output: Path, n: int, lines: int = 15) -> str:
+    try:
+        text = sidecar(shard_path(output, k, n), ".log").read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- a shard (the child) --------------------------------------------------------------------------------------
+
+
+def _lock(path: Path):
+    """An exclusive lock on the shard, waiting a while for a dying writer of an earlier run to let go."""
+    handle = sidecar(path, ".lock").open("a")
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path}: another process is writing this shard") from None
+            time.sleep(0.5)
+
+
+def run_shard(config, k: int, n: int) -> dict:
+    """Shard k of n: the single-process worker on its questions, minus those already merged into the output."""
+    from rollout_worker.worker import load_questions, run_rollouts
+
+    output = Path(config.output_file)
+    path = shard_path(output, k, n)
+    done = {qid for qid, _ in _raw_records(output)}
+    questions = [q for q in shard_questions(load_questions(config), k, n) if q["id"] not in done]
+    handle = _lock(path)
+    try:
+        summary = run_rollouts(replace(config, output_file=str(path), data_parallel_size=1), questions=questions)
+        sidecar(path, ".summary.json").write_text(json.dumps(summary) + "\n")
+        return summary
+    finally:
+        handle.close()
+
+
+def _stop_own_group(signum, frame) -> None:
+    # SIGTERM (from the parent, or its death): this process and vLLM's engine process go down together
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rollout_worker.worker import RolloutConfig
+
+    parser = argparse.ArgumentParser(description="one shard of a data-parallel rollout run (started by the worker)")
+    parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument("--shards", type=int, required=True)
+    parser.add_argument("--config", required=True, help="the run's RolloutConfig as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.getpgid(0) == os.getpid():  # leading a session of its own (as the parent starts it)
+        signal.signal(signal.SIGTERM, _stop_own_group)
+    summary = run_shard(RolloutConfig(**json.loads(args.config)), args.shard, args.shards)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
