@@ -18,7 +18,7 @@ a killed one from its checkpoints, and reruns (with what reads it) a unit whose 
 the GPU's memory free (vLLM checks that at start-up).
 
     python experiments/regime_w_ablation.py --model models/qwen2.5-coder-0.5b-instruct \
-        --gsm8k data/src/gsm8k --platinum data/src/platinum           # the GPU run (config: the YAML beside)
+        --gsm8k runs/src/gsm8k --platinum runs/src/platinum           # the GPU run (config: the YAML beside)
     python experiments/regime_w_ablation.py --smoke                    # the whole thing on CPU, tiny model
     python experiments/regime_w_ablation.py ... --plan                 # units, status, estimated GPU time
     python experiments/regime_w_ablation.py --config experiments/regime_w_ablation_one_lease.yaml ...
@@ -597,7 +597,8 @@ def render_plot(results: dict, path: Path) -> Path:
             y = len(rows) - 1 - k
             low, high = p["bootstrap_ci95_points"]
             d = p["diff_points"]
-            color = "#2A7F62" if p["verdict"].startswith("significant") else "#777777"
+            significant = p["verdict"].startswith("significant")
+            color = ("#2A7F62" if d > 0 else "#C44E52") if significant else "#777777"  # green up, red down
             ax.errorbar(d, y, xerr=[[d - low], [high - d]], fmt="o", color=color, capsize=4, ms=6)
             ax.annotate(f"{_pts(d)}, p={_p(p['mcnemar_p'])}", (d, y), xytext=(0, 7), textcoords="offset points",
                         ha="center", fontsize=8)  # fmt: skip

@@ -15,7 +15,7 @@ from trainer.pipeline import MANIFEST, PENDING
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "regime_w_ablation.py"
 ONE_LEASE = ROOT / "experiments" / "regime_w_ablation_one_lease.yaml"
-GPU_ARGS = ["--model", "models/qwen", "--gsm8k", "data/src/gsm8k", "--platinum", "data/src/platinum"]
+GPU_ARGS = ["--model", "models/qwen", "--gsm8k", "runs/src/gsm8k", "--platinum", "runs/src/platinum"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
