@@ -162,13 +162,19 @@ def dpo_command(args, ranks: int, out_dir: Path, port: int) -> list[str]:
     return launch + dpo
 
 
-def bench_dpo(args) -> dict:
-    from looper.local_service import free_port
-
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="multi_gpu_bench_dpo_"))
+def work_dir(args, part: str) -> Path:
+    """--work-dir (else a temp dir), and a tiny model built in it where --model is not given."""
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix=f"multi_gpu_bench_{part}_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.model is None:
         args.model = tiny_model(work)
+    return work
+
+
+def bench_dpo(args) -> dict:
+    from looper.local_service import free_port
+
+    work = work_dir(args, "dpo")
     if args.pairs_file is None:
         sys.path.insert(0, str(Path(__file__).parent))
         from train_bench import make_pairs_file
@@ -287,10 +293,7 @@ def bench_rollouts(args) -> dict:
     from looper.local_service import local_service
     from trainer.data import generated_records, write_jsonl
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="multi_gpu_bench_rollouts_"))
-    work.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        args.model = tiny_model(work)
+    work = work_dir(args, "rollouts")
     if args.questions_file is None:
         args.questions_file = str(work / "questions.jsonl")
         write_jsonl(args.questions_file, generated_records(args.questions, seed=5))
