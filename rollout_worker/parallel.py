@@ -106,11 +106,9 @@ def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None) -> list[s
 
 def _raw_records(path: Path) -> list[tuple[str, str]]:
     """(question_id, line) of each complete line, the line as written (merging keeps the bytes)."""
-    if not path.exists():
-        return []
-    data = path.read_text(encoding="utf-8")
-    data = data[: data.rfind("\n") + 1]  # a torn last line is no record
-    return [(json.loads(line)["question_id"], line) for line in data.splitlines() if line.strip()]
+    from rollout_worker.worker import complete_lines
+
+    return [(json.loads(line)["question_id"], line) for line in complete_lines(path)]
 
 
 def _line_count(path: Path) -> int:
@@ -135,7 +133,8 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
             f"{sidecar(output, '.spool')} holds generated groups of an unfinished single-process run: "
             "rerun it with data_parallel_size 1 to score them first"
         )
-    done = {qid for qid, _ in _raw_records(output)}
+    merged = _raw_records(output)
+    done = {qid for qid, _ in merged}
     devices = shard_devices(n, config.tensor_parallel_size)
     started = time.monotonic()
     children: dict[int, subprocess.Popen] = {}
@@ -143,8 +142,8 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     try:
         for k in range(n):
             path = shard_path(output, k, n)
-            finished = {qid for qid, _ in _raw_records(path)}
-            todo = [q for q in shard_questions(questions, k, n) if q["id"] not in done | finished]
+            skip = done | {qid for qid, _ in _raw_records(path)}
+            todo = [q for q in shard_questions(questions, k, n) if q["id"] not in skip]
             if not todo and not read_complete_lines(sidecar(path, ".spool")):
                 continue  # nothing to generate or score: its records wait for the merge
             children[k] = _start_shard(config, k, n, devices[k])
@@ -174,8 +173,8 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     # merge: the records the output had and every shard's, once each, in question order
     order = {q["id"]: i for i, q in enumerate(questions)}
     rows, seen = [], set()
-    for k in [None, *range(n)]:
-        for qid, line in _raw_records(output if k is None else shard_path(output, k, n)):
+    for records in [merged, *(_raw_records(shard_path(output, k, n)) for k in range(n))]:
+        for qid, line in records:
             if qid not in seen:  # a duplicate only after a kill between merging and cleaning up
                 seen.add(qid)
                 rows.append((order.get(qid, len(order)), len(rows), line))

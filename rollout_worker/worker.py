@@ -87,8 +87,9 @@ class RolloutConfig:
 # --- durable JSONL files ---------------------------------------------------------------------------
 
 
-def read_complete_lines(path: Path) -> list[dict]:
-    """Rows of a JSONL file written by this module; a torn last line (killed mid-write) is cut off."""
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file written by this module, as written; a torn last line (killed mid-write) is
+    cut off the file."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -97,7 +98,12 @@ def read_complete_lines(path: Path) -> list[dict]:
         log.warning("%s: dropping a torn last line of %d bytes", path, len(data) - end)
         with path.open("r+b") as f:
             f.truncate(end)
-    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+
+
+def read_complete_lines(path: Path) -> list[dict]:
+    """Rows of a JSONL file written by this module (`complete_lines`, parsed)."""
+    return [json.loads(line) for line in complete_lines(path)]
 
 
 def append_lines(path: Path, rows: list[str]) -> None:

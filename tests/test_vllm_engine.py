@@ -18,25 +18,36 @@ pytestmark = pytest.mark.skipif(
 CPU_VLLM = ["--enforce-eager", "--max-model-len", "1024", "--gpu-memory-utilization", "0.2"]
 
 
+def looper_in_vllm_venv(args: list[str], **env) -> None:
+    """`python -m looper.cli ARGS` in the vLLM venv, offline; fails the test with its stderr."""
+    command = [VLLM_PYTHON, "-m", "looper.cli", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def generated_questions(tmp_path_factory, name: str, seed: int) -> Path:
+    from trainer.data import generated_records, write_jsonl
+
+    questions = tmp_path_factory.mktemp(name) / "questions.jsonl"
+    write_jsonl(questions, generated_records(3, seed=seed))
+    return questions
+
+
 def vllm_rollouts(service, questions: Path, output: Path, extra=()) -> Path:
     """`looper rollouts --engine vllm` in the vLLM venv on the first 2 questions; the output file."""
-    args = [VLLM_PYTHON, "-m", "looper.cli", "rollouts", "--engine", "vllm", "--model", SMOLLM2]
+    args = ["rollouts", "--engine", "vllm", "--model", SMOLLM2]
     args += ["--questions-file", str(questions), "--output-file", str(output), "--service-url", service.url]
     args += ["--max-questions", "2", "--batch-size", "2", "--max-new-tokens", "48", "--dtype", "float32"]
-    args += [*CPU_VLLM, *extra]
-    env = {**os.environ, "LOOPER_SERVICE_TOKEN": service.token, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    looper_in_vllm_venv([*args, *CPU_VLLM, *extra], LOOPER_SERVICE_TOKEN=service.token)
     return output
 
 
 @pytest.fixture(scope="module")
 def rollout_questions(tmp_path_factory) -> Path:
-    from trainer.data import generated_records, write_jsonl
-
-    questions = tmp_path_factory.mktemp("vllm-questions") / "questions.jsonl"
-    write_jsonl(questions, generated_records(3, seed=21))
-    return questions
+    return generated_questions(tmp_path_factory, "vllm-questions", seed=21)
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +82,12 @@ EVAL_ARGS = ["--max-new-tokens", "32", "--dtype", "float32", *CPU_VLLM, "--no-vl
 
 def looper_eval(args: list[str]) -> None:
     """`looper eval --engine vllm ARGS` in the vLLM venv."""
-    command = [VLLM_PYTHON, "-m", "looper.cli", "eval", "--engine", "vllm", *args, *EVAL_ARGS]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    looper_in_vllm_venv(["eval", "--engine", "vllm", *args, *EVAL_ARGS])
 
 
 @pytest.fixture(scope="module")
 def eval_questions(tmp_path_factory) -> Path:
-    from trainer.data import generated_records, write_jsonl
-
-    questions = tmp_path_factory.mktemp("vllm-eval") / "questions.jsonl"
-    write_jsonl(questions, generated_records(3, seed=5))
-    return questions
+    return generated_questions(tmp_path_factory, "vllm-eval", seed=5)
 
 
 @pytest.fixture(scope="module")
