@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import get_args
+
+from reward_service.settings import DEFAULT_SCORER, ScorerName
 
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
+SCORER_NAMES = get_args(ScorerName)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -32,6 +36,7 @@ def service_settings(args: argparse.Namespace):
         "require_auth": not args.insecure_no_auth,
         "token": None if args.insecure_no_auth else read_token(args.token_file),
         "stub": args.stub,
+        "scorer": args.scorer,
         "path_mode": args.path_mode,
         "embedding_model": args.embedding_model,
         "embedding_device": args.embedding_device,
@@ -177,6 +182,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(format_result(result))
 
 
+def cmd_consensus(args: argparse.Namespace) -> None:
+    from trainer.consensus import write_consensus
+
+    stats = write_consensus(args.rollouts_file, args.output_file)
+    accuracy = "-" if stats["label_accuracy"] is None else f"{100 * stats['label_accuracy']:.1f}%"
+    print(f"{stats['labelled']} of {stats['questions']} questions labelled (label accuracy against gold: {accuracy})"
+          f" -> {args.output_file}")  # fmt: skip
+
+
 def cmd_rl(args: argparse.Namespace) -> None:
     from looper.config import config_from_args
     from trainer.rl import RLStageConfig, run_rl
@@ -200,6 +214,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--stub", action="store_true", help="public stub scorer: correctness only, generic arms")
+    p.add_argument(
+        "--scorer",
+        choices=SCORER_NAMES,
+        default=DEFAULT_SCORER,
+        help="the closed service's scorer (GET /v1/scorers describes each; default: %(default)s)",
+    )
     p.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token")
     p.add_argument("--token-file", help=f"file holding the bearer token (default: ${TOKEN_ENV})")
     p.add_argument("--path-mode", choices=["lexical", "embedding"], default="lexical")
@@ -293,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     from trainer.rl import RLStageConfig
+
+    consensus = sub.add_parser(
+        "consensus", help="arm-consensus labels: each question's majority answer across arms as its training gold"
+    )
+    consensus.add_argument("--rollouts-file", required=True, help="scored rollouts (looper rollouts)")
+    consensus.add_argument("--output-file", required=True, help="JSONL of {id, question, answer: '#### N'}")
+    consensus.set_defaults(func=cmd_consensus)
 
     rl = sub.add_parser("rl", help="online RL (TRL GRPO or RLOO) with rewards from the service over HTTP")
     add_config_args(rl, RLStageConfig)

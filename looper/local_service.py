@@ -31,13 +31,15 @@ class LocalService:
 def local_service(
     *,
     stub: bool = False,
+    scorer: str | None = None,
     port: int = 0,
     token: str | None = "generate",
     extra_args=(),
     ready_timeout_s: float = 120.0,
     log_path: str | os.PathLike | None = None,
 ):
-    """Start the service, wait until /readyz answers 200, yield it, stop it. token=None serves it open.
+    """Start the service, wait until /readyz answers 200, yield it, stop it. token=None serves it open;
+    scorer: `--scorer NAME` (None: the service's default).
 
     log_path: append the child's stdout and stderr to this file (default: inherit the parent's).
     """
@@ -45,6 +47,7 @@ def local_service(
     token = secrets.token_urlsafe(32) if token == "generate" else token
     args = [sys.executable, "-m", "looper.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     args += ["--stub"] if stub else []
+    args += ["--scorer", scorer] if scorer else []
     args += ["--insecure-no-auth"] if token is None else []
     args += list(extra_args)
     env = {k: v for k, v in os.environ.items() if k != "LOOPER_SERVICE_TOKEN"}

@@ -33,6 +33,7 @@ from shared_schemas.models import (
     PromptsResponse,
     ScoreRequest,
     ScoreResponse,
+    ScorersResponse,
     Trajectory,
 )
 
@@ -75,8 +76,10 @@ class Metrics:
         )
         self.groups = Counter("looper_groups_scored_total", "Question groups scored", registry=self.registry)
         self.trajectories = Counter("looper_trajectories_scored_total", "Trajectories scored", registry=self.registry)
-        info = Gauge("looper_scorer_info", "Scorer in use", ["scorer_version", "path_mode"], registry=self.registry)
-        info.labels(scorer.version, scorer.path_mode).set(1)
+        info = Gauge(
+            "looper_scorer_info", "Scorer in use", ["scorer", "scorer_version", "path_mode"], registry=self.registry
+        )
+        info.labels(scorer.name, scorer.version, scorer.path_mode).set(1)
 
 
 class MetricsMiddleware:
@@ -324,7 +327,10 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     async def lifespan(app: FastAPI):
         await anyio.to_thread.run_sync(scorer.load)
         state["ready"] = True
-        log.info("scorer %s ready (path mode %s, auth %s)", scorer.version, scorer.path_mode, settings.require_auth)
+        log.info(
+            "scorer %s (%s) ready (path mode %s, auth %s)",
+            scorer.name, scorer.version, scorer.path_mode, settings.require_auth,
+        )  # fmt: skip
         yield
 
     app = FastAPI(
@@ -407,6 +413,11 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         """The arm specs: prompts, temperature, top_p, seed per arm."""
         return json_response(scorer.arm_set())
 
+    @app.get("/v1/scorers", response_model=ScorersResponse, dependencies=auth, responses=_ERRORS)
+    async def scorers() -> Response:
+        """The scorers this service can run, the active one, and the weights each one's rewards read."""
+        return json_response(scorer.scorers())
+
     @app.post("/v1/prompts", response_model=PromptsResponse, dependencies=auth, responses=_ERRORS)
     async def prompts(request: PromptsRequest) -> Response:
         """Every arm's rendered prompts for each question (the rephrase probe's paraphrase included)."""
@@ -422,7 +433,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     async def readyz() -> JSONResponse:
         if not state["ready"]:
             return JSONResponse({"detail": "scorer is still loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "scorer_version": scorer.version, "path_mode": scorer.path_mode})
+        return JSONResponse(
+            {"status": "ready", "scorer": scorer.name, "scorer_version": scorer.version, "path_mode": scorer.path_mode}
+        )
 
     @app.get("/metrics", response_class=Response)
     async def metrics_route() -> Response:

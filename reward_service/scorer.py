@@ -14,6 +14,7 @@ from shared_schemas.models import (
     PromptsResponse,
     ScoreRequest,
     ScoreResponse,
+    ScorersResponse,
 )
 
 
@@ -22,6 +23,7 @@ class ScoringError(ValueError):
 
 
 class Scorer(Protocol):
+    name: str
     version: str
     arms: tuple[ArmSpec, ...]
 
@@ -35,6 +37,9 @@ class Scorer(Protocol):
     def load(self) -> None: ...
 
     def arm_set(self) -> ArmSet: ...
+
+    def scorers(self) -> ScorersResponse:
+        """Every scorer this service can run (`looper serve --scorer`), which one is active, and their weights."""
 
     def prompts(self, questions: list[PromptQuestion]) -> PromptsResponse: ...
 

@@ -14,9 +14,18 @@ from itertools import combinations
 
 from reward_service.scorer import reference_answer
 from shared_schemas.answers import AnswerMode, answer_agreement, extract_answer
-from shared_schemas.models import ArmRole, ScoreRequest, ScoreResponse, ScoringWeights, TrajectoryScore
+from shared_schemas.models import (
+    ArmRole,
+    LabelSource,
+    ScoreRequest,
+    ScoreResponse,
+    ScoringWeights,
+    TrajectoryScore,
+)
 
 SCORER_VERSION = "regime-w/1.0.0"
+# the per-trajectory reward's terms, in the order they add up (reward_spread names them)
+V1_TERMS = ("correctness", "group_coherence", "coherence", "quality", "length_penalty")
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _ANCHOR_ROLES = ("probe_standard", "probe_rephrase")
@@ -173,17 +182,44 @@ def trajectory_counterfactual(answers: Sequence[str | None], roles: Roles, i: in
     return cross_agreement(answers, [i], probes)
 
 
-def score_group(
+@dataclass(frozen=True)
+class GroupAnalysis:
+    """Everything the Regime W scorers read off one group before any reward is formed (v1 and v2 share it)."""
+
+    answers: list[str | None]
+    words: list[int]
+    correct: list[bool]
+    reference: str | None
+    label_source: LabelSource
+    similarity: Matrix  # path similarity: token Jaccard, or the embedding mode's matrix
+    s_end: float
+    s_path: float
+    s_cf: float
+    s_wm: float
+    mean_words: float
+    # per trajectory
+    s_end_i: list[float]
+    s_path_i: list[float]
+    s_cf_i: list[float]
+    coherence: list[float]
+    conciseness: list[float]
+    alignment: list[float]  # mean token overlap with probes A and A' (with everyone where there are none)
+
+    @property
+    def any_correct(self) -> bool:
+        return any(self.correct)
+
+
+def analyse_group(
     request: ScoreRequest,
     arm_roles: Mapping[str, ArmRole],
     weights: ScoringWeights,
     *,
-    path_mode: str = "lexical",
     similarity: Matrix | None = None,
     answer_mode: AnswerMode = "strict",
-    scorer_version: str = SCORER_VERSION,
-) -> ScoreResponse:
-    """Score one question's group. `similarity` (n x n, in [0, 1]) replaces token Jaccard when given."""
+) -> GroupAnalysis:
+    """Answers, correctness and every coherence score of one group. `similarity` (n x n, in [0, 1]) replaces
+    token Jaccard as the path similarity when given."""
     texts = [t.text for t in request.trajectories]
     n = len(texts)
     answers = [extract_answer(t, answer_mode) for t in texts]
@@ -192,7 +228,6 @@ def score_group(
 
     reference, label_source = reference_answer(request, answers)
     correct = [a is not None and a == reference for a in answers]
-    any_correct = any(correct)
 
     overlap = jaccard_matrix(texts)  # the quality term's alignment is token overlap in every mode
     sim = similarity if similarity is not None else overlap
@@ -206,47 +241,108 @@ def score_group(
     s_cf = counterfactual_score(answers, roles)
     s_wm = _unit(w.s_end * s_end + w.s_path * s_path + w.s_cf * s_cf)
 
-    mean_words = sum(words) / n
-    base = w.correct_base if any_correct else w.incorrect_base
-    group_reward = (
-        base + w.group_coherence * s_wm - w.length_penalty_per_word * max(0.0, mean_words - w.length_free_words)
-    )
-
     counts = Counter(a for a in answers if a is not None)
     shortest = min((c for c in words if c > 0), default=0)
+    s_end_i, s_path_i, s_cf_i, coherence, conciseness, alignment = [], [], [], [], [], []
+    for i in everyone:
+        if n == 1:
+            s_end_i.append(1.0 if answers[i] is not None else 0.0)
+        else:
+            s_end_i.append((counts[answers[i]] - 1) / (n - 1) if answers[i] is not None else 0.0)
+        s_path_i.append(_unit(mean_similarity_to(sim, i, everyone)))
+        s_cf_i.append(trajectory_counterfactual(answers, roles, i))
+        coherence.append(_unit(w.s_end * s_end_i[i] + w.s_path * s_path_i[i] + w.s_cf * s_cf_i[i]))
+        conciseness.append(shortest / words[i] if words[i] else 0.0)
+        anchors = [j for j in roles.anchors if j != i]
+        alignment.append(
+            mean_similarity_to(overlap, i, anchors) if anchors else mean_similarity_to(overlap, i, everyone)
+        )
+
+    return GroupAnalysis(
+        answers=answers,
+        words=words,
+        correct=correct,
+        reference=reference,
+        label_source=label_source,
+        similarity=sim,
+        s_end=s_end,
+        s_path=s_path,
+        s_cf=s_cf,
+        s_wm=s_wm,
+        mean_words=sum(words) / n,
+        s_end_i=s_end_i,
+        s_path_i=s_path_i,
+        s_cf_i=s_cf_i,
+        coherence=coherence,
+        conciseness=conciseness,
+        alignment=alignment,
+    )
+
+
+def spread_shares(terms: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Each term's share of the group's reward spread: Cov(term, reward) / Var(reward), reward = the terms' sum.
+
+    The shares add up to 1 whenever the rewards differ; a term that is the same for every trajectory (anything
+    computed once per group) has share 0, so it is never counted as signal. All zeros when the rewards are equal.
+    """
+    columns = {name: list(values) for name, values in terms.items()}
+    n = len(next(iter(columns.values())))
+    total = [sum(column[i] for column in columns.values()) for i in range(n)]
+    mean_total = sum(total) / n
+    var = sum((t - mean_total) ** 2 for t in total) / n
+    if var <= 1e-18:
+        return {name: 0.0 for name in columns}
+    shares = {}
+    for name, column in columns.items():
+        mean = sum(column) / n
+        shares[name] = sum((c - mean) * (t - mean_total) for c, t in zip(column, total, strict=True)) / n / var
+    return shares
+
+
+def score_group(
+    request: ScoreRequest,
+    arm_roles: Mapping[str, ArmRole],
+    weights: ScoringWeights,
+    *,
+    path_mode: str = "lexical",
+    similarity: Matrix | None = None,
+    answer_mode: AnswerMode = "strict",
+    scorer_version: str = SCORER_VERSION,
+) -> ScoreResponse:
+    """Regime W v1, the seeds' design: correctness plus every coherence and quality term (SPEC section 3)."""
+    g = analyse_group(request, arm_roles, weights, similarity=similarity, answer_mode=answer_mode)
+    w = weights
+    base = w.correct_base if g.any_correct else w.incorrect_base
+    group_reward = (
+        base + w.group_coherence * g.s_wm - w.length_penalty_per_word * max(0.0, g.mean_words - w.length_free_words)
+    )
+    terms: dict[str, list[float]] = {name: [] for name in V1_TERMS}
     scored = []
     for i, traj in enumerate(request.trajectories):
-        if n == 1:
-            s_end_i = 1.0 if answers[i] is not None else 0.0
-        else:
-            s_end_i = (counts[answers[i]] - 1) / (n - 1) if answers[i] is not None else 0.0
-        s_path_i = _unit(mean_similarity_to(sim, i, everyone))
-        s_cf_i = trajectory_counterfactual(answers, roles, i)
-        coherence = _unit(w.s_end * s_end_i + w.s_path * s_path_i + w.s_cf * s_cf_i)
-
-        conciseness = shortest / words[i] if words[i] else 0.0
-        anchors = [j for j in roles.anchors if j != i]
-        alignment = mean_similarity_to(overlap, i, anchors) if anchors else mean_similarity_to(overlap, i, everyone)
-        quality = _unit(w.quality_conciseness * conciseness + w.quality_alignment * alignment)
-
-        length_penalty = w.length_penalty_per_word * max(0, words[i] - w.length_free_words)
+        quality = _unit(w.quality_conciseness * g.conciseness[i] + w.quality_alignment * g.alignment[i])
+        length_penalty = w.length_penalty_per_word * max(0, g.words[i] - w.length_free_words)
+        parts = {
+            "correctness": w.correct_base if g.correct[i] else w.incorrect_base,
+            "group_coherence": w.trajectory_group_coherence * g.s_wm,
+            "coherence": w.trajectory_coherence * g.coherence[i],
+            "quality": w.trajectory_quality * quality,
+            "length_penalty": -length_penalty,
+        }
+        for name, value in parts.items():
+            terms[name].append(value)
         reward = (
-            (w.correct_base if correct[i] else w.incorrect_base)
-            + w.trajectory_group_coherence * s_wm
-            + w.trajectory_coherence * coherence
-            + w.trajectory_quality * quality
-            - length_penalty
+            parts["correctness"] + parts["group_coherence"] + parts["coherence"] + parts["quality"] - length_penalty
         )
         scored.append(
             TrajectoryScore(
                 arm_name=traj.arm_name,
-                answer=answers[i],
-                correct=correct[i],
-                words=words[i],
-                s_end=s_end_i,
-                s_path=s_path_i,
-                s_cf=s_cf_i,
-                coherence=coherence,
+                answer=g.answers[i],
+                correct=g.correct[i],
+                words=g.words[i],
+                s_end=g.s_end_i[i],
+                s_path=g.s_path_i[i],
+                s_cf=g.s_cf_i[i],
+                coherence=g.coherence[i],
                 quality=quality,
                 length_penalty=length_penalty,
                 reward=reward,
@@ -255,17 +351,19 @@ def score_group(
 
     return ScoreResponse(
         question_id=request.question_id,
-        s_end=s_end,
-        s_path=s_path,
-        s_cf=s_cf,
-        s_wm=s_wm,
+        s_end=g.s_end,
+        s_path=g.s_path,
+        s_cf=g.s_cf,
+        s_wm=g.s_wm,
         group_reward=group_reward,
-        mean_words=mean_words,
-        any_correct=any_correct,
-        label_source=label_source,
-        reference_answer=reference,
+        mean_words=g.mean_words,
+        any_correct=g.any_correct,
+        label_source=g.label_source,
+        reference_answer=g.reference,
         path_mode=path_mode,
+        scorer="regime_w_v1",
         scorer_version=scorer_version,
         weights=weights,
+        reward_spread=spread_shares(terms),
         trajectories=scored,
     )

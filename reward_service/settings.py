@@ -10,6 +10,9 @@ from shared_schemas.answers import AnswerMode
 from shared_schemas.models import MAX_BATCH_GROUPS, MAX_GROUP_SIZE, MAX_TEXT_CHARS, ScoringWeights
 
 MIN_TOKEN_CHARS = 16
+# the closed service's scorers (reward_service/regime_w.py describes each; GET /v1/scorers lists them)
+ScorerName = Literal["regime_w_v1", "regime_w_v2", "random_tiebreak"]
+DEFAULT_SCORER: ScorerName = "regime_w_v1"
 
 
 class ServiceSettings(BaseModel):
@@ -18,6 +21,7 @@ class ServiceSettings(BaseModel):
     token: SecretStr | None = Field(None, description="Bearer token clients must send; never logged.")
     require_auth: bool = Field(True, description="False only when started with --insecure-no-auth.")
     stub: bool = Field(False, description="Serve the public stub scorer (correctness only, generic arms).")
+    scorer: ScorerName = Field(DEFAULT_SCORER, description="The closed service's scorer (ignored with stub).")
     path_mode: Literal["lexical", "embedding"] = "lexical"
     embedding_model: str | None = Field(
         None, description="Local sentence-transformers dir or hub id; None picks the installed MiniLM package."
@@ -33,6 +37,8 @@ class ServiceSettings(BaseModel):
 
     @model_validator(mode="after")
     def _token_when_closed(self) -> ServiceSettings:
+        if self.stub and self.scorer != DEFAULT_SCORER:
+            raise ValueError(f"the stub scores correctness only; --scorer {self.scorer} needs the closed service")
         if self.require_auth:
             if self.token is None:
                 raise ValueError(

@@ -20,6 +20,8 @@ from shared_schemas.models import (
     RenderedArmPrompt,
     ScoreRequest,
     ScoreResponse,
+    ScorerInfo,
+    ScorersResponse,
     TrajectoryScore,
 )
 from trainer.prompts import TUTOR_SYSTEM, USER_TEMPLATE
@@ -77,6 +79,7 @@ def score_correctness(request: ScoreRequest, settings: ServiceSettings) -> Score
         label_source=label_source,
         reference_answer=reference,
         path_mode="none",
+        scorer="stub",
         scorer_version=STUB_VERSION,
         weights=w,
         trajectories=trajectories,
@@ -84,6 +87,7 @@ def score_correctness(request: ScoreRequest, settings: ServiceSettings) -> Score
 
 
 class StubScorer:
+    name = "stub"
     version = STUB_VERSION
     path_mode = "none"
     blocking = False
@@ -97,6 +101,16 @@ class StubScorer:
 
     def arm_set(self) -> ArmSet:
         return ArmSet(scorer_version=self.version, arms=list(self.arms))
+
+    def scorers(self) -> ScorersResponse:
+        w = self.settings.weights
+        info = ScorerInfo(
+            name=self.name,
+            version=self.version,
+            description="Public stub: correctness only (correct_base / incorrect_base), generic sampling arms.",
+            weights={"correct_base": w.correct_base, "incorrect_base": w.incorrect_base},
+        )
+        return ScorersResponse(active=self.name, scorers=[info])
 
     def prompts(self, questions: list[PromptQuestion]) -> PromptsResponse:
         return PromptsResponse(

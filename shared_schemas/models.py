@@ -128,6 +128,25 @@ class ScoringWeights(Strict):
     trajectory_quality: float = Field(0.05, description="Per-trajectory reward: weight of its quality term.")
     quality_conciseness: float = 0.4
     quality_alignment: float = 0.6
+    tie_break: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="v2: the largest tie-break a correct trajectory of a mixed group gets (lambda, times u in [-1, 1]).",
+    )
+    tie_break_max_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="v2: cap on the tie-break's share of a group's advantage, relative to correctness' "
+        "(L2 norms of the group-centred terms); larger tie-breaks are scaled down to it.",
+    )
+    robustness_numbers: float = Field(
+        0.5, ge=0.0, le=1.0, description="v2: share of number agreement in robustness; the rest is path similarity."
+    )
+    robustness_scale: float = Field(
+        0.1, gt=0.0, description="v2: u = tanh(length-residualised robustness / scale)."
+    )
 
 
 class TrajectoryScore(Strict):
@@ -139,9 +158,18 @@ class TrajectoryScore(Strict):
     s_path: Unit = Field(description="Mean path similarity to the other trajectories.")
     s_cf: Unit = Field(description="Agreement with the probes' answers (itself excluded).")
     coherence: Unit = Field(description="Its own s_wm: the s_* above with the s_wm weights.")
-    quality: Unit = Field(description="0.4 x conciseness + 0.6 x alignment with the canonical probes.")
+    quality: Unit = Field(
+        description="v1: 0.4 x conciseness + 0.6 x alignment with the canonical probes; v2: the alignment alone."
+    )
     length_penalty: float = Field(ge=0.0)
     reward: float
+    robustness: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="v2: u, the length-neutral robustness of a correct trajectory among the group's correct ones "
+        "(number and path agreement, residualised on log length); null for wrong ones and for v1.",
+    )
 
 
 LabelSource = Literal["gold", "majority", "none"]
@@ -162,13 +190,33 @@ class ScoreResponse(Strict):
     )
     reference_answer: NormalisedAnswer | None = Field(description="The gold or pseudo-label answer used.")
     path_mode: Literal["lexical", "embedding", "none"]
+    scorer: str | None = Field(default=None, max_length=64, description="The scorer's name, as GET /v1/scorers lists it.")
     scorer_version: str
     weights: ScoringWeights
+    reward_spread: dict[str, float] | None = Field(
+        default=None,
+        description="Each reward term's share of the group's reward spread, Cov(term, reward) / Var(reward): sums "
+        "to 1 when the rewards differ, 0 for a term constant within the group, all 0 when the rewards are equal.",
+    )
     trajectories: list[TrajectoryScore]
 
 
 class BatchScoreResponse(Strict):
     results: list[ScoreResponse]
+
+
+class ScorerInfo(Strict):
+    """One scorer a service can run, and the weights its rewards read."""
+
+    name: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    description: str = Field(max_length=1_000)
+    weights: dict[str, float] = Field(description="The ScoringWeights fields this scorer's rewards use, as served.")
+
+
+class ScorersResponse(Strict):
+    active: str = Field(description="The scorer this service scores with (`looper serve --scorer`).")
+    scorers: list[ScorerInfo]
 
 
 class ErrorResponse(Strict):
@@ -300,6 +348,7 @@ CONTRACT_MODELS: dict[str, type[BaseModel]] = {
     "BatchScoreRequest": BatchScoreRequest,
     "BatchScoreResponse": BatchScoreResponse,
     "ScoringWeights": ScoringWeights,
+    "ScorersResponse": ScorersResponse,
     "RolloutRecord": RolloutRecord,
     "PreferencePair": PreferencePair,
     "OpenRLHFRewardRequest": OpenRLHFRewardRequest,

@@ -66,6 +66,12 @@ def regime_w_service(service_logs) -> Iterator[RunningService]:
 
 
 @pytest.fixture(scope="session")
+def v2_service(service_logs) -> Iterator[RunningService]:
+    with running_service("regime_w_v2", service_logs, scorer="regime_w_v2") as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
 def stub_service(service_logs) -> Iterator[RunningService]:
     with running_service("stub", service_logs, stub=True) as service:
         yield service

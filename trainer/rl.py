@@ -29,6 +29,12 @@ from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_a
 log = logging.getLogger("looper.rl")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 RewardMode = Literal["regime_w", "correctness", "label_free"]
+# scorers whose responses carry the robustness score u that advantage modulation reads
+ROBUSTNESS_SCORERS = ("regime_w_v2", "random_tiebreak")
+# GRPO's settings unless given (README, "Online RL"): std-scaling over the whole batch, not per group, so a group
+# whose answers are all right or all wrong never has tiny reward differences blown up into a full advantage;
+# DAPO's token-level loss normalisation, which has no per-sequence length bias
+GRPO_DEFAULTS = {"scale_rewards": "batch", "loss_type": "dapo"}
 
 
 @dataclass
@@ -73,6 +79,31 @@ class RLStageConfig:
     save_total_limit: int = 2
     max_nonfinite_steps: int = 10
     gradient_checkpointing: bool = field(default=False, metadata=help_text("trade compute for memory"))
+    scale_rewards: Literal["group", "batch", "none"] | None = field(
+        default=None,
+        metadata=help_text("GRPO advantage scaling: batch (default), group (TRL's default) or none; RLOO: unset"),
+    )
+    loss_type: str | None = field(
+        default=None, metadata=help_text("GRPO loss aggregation: dapo (default), dr_grpo, grpo, bnpo...; RLOO: unset")
+    )
+    mask_truncated_completions: bool = field(
+        default=False, metadata=help_text("leave completions cut at max_completion_length out of the loss")
+    )
+    epsilon_high: float | None = field(
+        default=None, metadata=help_text("upper clipping bound (DAPO: 0.28); None: the same as the lower")
+    )
+    scorer: str | None = field(
+        default=None,
+        metadata=help_text("the service scorer every response must come from (checked); None: whichever it runs"),
+    )
+    advantage_modulation: Literal["none", "sign_preserving"] = field(
+        default="none",
+        metadata=help_text("sign_preserving: A + sign(A) sign(u) min(beta |u|, |A| / kappa), u from a v2 scorer"),
+    )
+    modulation_beta: float = field(default=0.1, metadata=help_text("sign-preserving modulation: beta"))
+    modulation_kappa: float = field(
+        default=10.0, metadata=help_text("sign-preserving modulation: a change is at most |A| / kappa")
+    )
     use_vllm: bool = field(default=False, metadata=help_text("generate with vLLM (TRL colocate mode on one GPU)"))
     vllm_gpu_memory_utilization: float = 0.3
     report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
@@ -82,6 +113,25 @@ class RLStageConfig:
             raise ValueError("model and train_file are required")
         if self.target_kl and self.beta <= 0:
             raise ValueError("an adaptive KL target needs an initial beta > 0")
+        if self.algo == "grpo":
+            for name, value in GRPO_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+        else:
+            given = [name for name in GRPO_DEFAULTS if getattr(self, name) is not None]
+            if given or self.advantage_modulation != "none":
+                raise ValueError(
+                    f"{', '.join(given) or 'advantage_modulation'} applies to GRPO only; RLOO normalises its own "
+                    "advantages: leave it unset or use --algo grpo"
+                )
+        if self.advantage_modulation != "none":
+            if self.scorer not in ROBUSTNESS_SCORERS:
+                raise ValueError(
+                    f"advantage modulation reads the robustness score u, which only {' and '.join(ROBUSTNESS_SCORERS)} "
+                    "return: pass --scorer with one of them (and serve it)"
+                )
+            if self.modulation_beta < 0 or self.modulation_kappa <= 1:
+                raise ValueError("modulation needs beta >= 0 and kappa > 1 (kappa > 1 keeps every advantage's sign)")
 
 
 class RewardServiceFailure(RuntimeError):
@@ -121,20 +171,39 @@ def rewards_from(results: list[ScoreResponse], placement, mode: RewardMode) -> l
     return rewards
 
 
-def batch_metrics(results: list[ScoreResponse], rewards: list[float]) -> dict[str, float]:
-    """Means of the group scores, accuracy, and how many groups carry no signal (all rewards equal)."""
+def robustness_from(results: list[ScoreResponse], placement) -> list[float]:
+    """Each completion's robustness u (0 where the scorer gives none: wrong answers)."""
+    return [results[g].trajectories[k].robustness or 0.0 for g, k in placement]
+
+
+def batch_metrics(results: list[ScoreResponse], rewards: list[float], mode: RewardMode) -> dict[str, float]:
+    """Means of the group scores, accuracy, how many groups carry no signal (all rewards equal) and how many no
+    correctness signal (all right or all wrong); with the service's reward, how many of those still have unequal
+    rewards (signal that is not about correctness) and each term's mean share of the reward spread in the others."""
     n = len(results)
     flat = [t for r in results for t in r.trajectories]
     no_signal = sum(len({round(t.reward, 9) for t in r.trajectories}) == 1 for r in results)
-    return {
+    is_uniform = [len({t.correct for t in r.trajectories}) == 1 for r in results]
+    uniform = [r for r, flag in zip(results, is_uniform, strict=True) if flag]
+    metrics = {
         "s_end": sum(r.s_end for r in results) / n,
         "s_path": sum(r.s_path for r in results) / n,
         "s_cf": sum(r.s_cf for r in results) / n,
         "s_wm": sum(r.s_wm for r in results) / n,
         "accuracy": sum(t.correct for t in flat) / len(flat),
         "groups_without_signal": no_signal / n,
+        "groups_without_correctness_signal": len(uniform) / n,
         "reward_mean": sum(rewards) / len(rewards),
     }
+    if mode != "correctness":
+        # uniform groups whose rewards still differ: signal that is not about correctness (v1's failure)
+        metrics["groups_with_phantom_signal"] = sum(
+            len({round(t.reward, 9) for t in r.trajectories}) > 1 for r in uniform
+        ) / n
+        mixed = [r for r, flag in zip(results, is_uniform, strict=True) if not flag and r.reward_spread]
+        for name in sorted({name for r in mixed for name in r.reward_spread}):
+            metrics[f"spread_mixed/{name}"] = sum(r.reward_spread.get(name, 0.0) for r in mixed) / len(mixed)
+    return metrics
 
 
 def group_sizes(results: list[ScoreResponse]) -> dict[str, int]:
@@ -145,10 +214,19 @@ def group_sizes(results: list[ScoreResponse]) -> dict[str, int]:
 class ServiceReward:
     """TRL reward function (async): every prompt's group scored by the service as one group."""
 
-    def __init__(self, client_config: ClientConfig, mode: RewardMode, log_path: Path | None = None, chunk: int = 32):
+    def __init__(
+        self,
+        client_config: ClientConfig,
+        mode: RewardMode,
+        log_path: Path | None = None,
+        chunk: int = 32,
+        scorer: str | None = None,
+    ):
         self.client_config, self.mode, self.log_path, self.chunk = client_config, mode, log_path, chunk
+        self.scorer = scorer
         self.__name__ = mode  # TRL names the logged reward column after this
         self._client: ServiceClient | None = None
+        self.last_robustness: list[float] = []  # this process's completions of the last call, in order
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
         if self._client is None:  # created on the loop that calls it (TRL's daemon loop), reused after
@@ -161,7 +239,16 @@ class ServiceReward:
                 f"{exc}. Stopping the run rather than training on missing rewards; "
                 "restart the service and rerun to resume from the last checkpoint."
             ) from None
-        return [r for chunk in scored for r in chunk]
+        results = [r for chunk in scored for r in chunk]
+        if self.scorer is not None:
+            other = {r.scorer for r in results} - {self.scorer}
+            if other:
+                raise RewardServiceFailure(
+                    f"the run expects rewards from scorer {self.scorer!r}, but the service answered with "
+                    f"{', '.join(map(repr, sorted(map(str, other))))}: start it with `looper serve --scorer "
+                    f"{self.scorer}` (or point --service-url at one that does)"
+                )
+        return results
 
     async def __call__(self, prompts, completions, question_id, question, gold_answer, log_metric=None, **kwargs):
         from accelerate import PartialState
@@ -177,10 +264,11 @@ class ServiceReward:
             requests, placement = group_requests(ids, questions, golds, texts, self.mode)
             results = await self.score(requests)
             rewards = rewards_from(results, placement, self.mode)
-            payload = [(rewards, batch_metrics(results, rewards), group_sizes(results))]
+            robustness = robustness_from(results, placement)
+            payload = [(rewards, robustness, batch_metrics(results, rewards, self.mode), group_sizes(results))]
         if state.num_processes > 1:
             broadcast_object_list(payload)
-        rewards, metrics, sizes_scored = payload[0]
+        rewards, robustness, metrics, sizes_scored = payload[0]
         if log_metric is not None:
             for name, value in metrics.items():
                 log_metric(f"service/{name}", value)
@@ -188,7 +276,43 @@ class ServiceReward:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"completions": len(rewards), **sizes_scored, **metrics}) + "\n")
         start = sum(sizes[: state.process_index])
+        self.last_robustness = robustness[start : start + len(local)]
         return rewards[start : start + len(local)]
+
+
+def modulated_advantages(advantages, robustness, beta: float, kappa: float):
+    """Design C: A' = A + sign(A) sign(u) min(beta |u|, |A| / kappa), elementwise over torch tensors.
+
+    Zero where A is zero (a group with no correctness signal stays without signal), and |A' - A| <= |A| / kappa
+    with kappa > 1, so no advantage changes sign: a correct answer is never pushed below a wrong one."""
+    import torch
+
+    change = torch.minimum(beta * robustness.abs(), advantages.abs() / kappa)
+    return advantages + torch.sign(advantages) * torch.sign(robustness) * change
+
+
+def modulating_trainer(base_cls, reward: ServiceReward, beta: float, kappa: float):
+    """`base_cls` (TRL's GRPOTrainer) whose advantages are modulated by the service's robustness score after TRL
+    has formed (and scaled) them, before any loss sees them."""
+    import torch
+
+    class ModulatedGRPOTrainer(base_cls):
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            advantages = output["advantages"]
+            u = torch.tensor(reward.last_robustness, dtype=advantages.dtype, device=advantages.device)
+            if u.shape != advantages.shape:
+                raise RuntimeError(
+                    f"{u.numel()} robustness scores for {advantages.numel()} advantages: the reward function and "
+                    "the trainer disagree on this process's completions"
+                )
+            output["advantages"] = modulated_advantages(advantages, u, beta, kappa)
+            self._metrics["train"]["advantage_modulation/mean_abs_change"].append(
+                (output["advantages"] - advantages).abs().mean().item()
+            )
+            return output
+
+    return ModulatedGRPOTrainer
 
 
 def adaptive_kl_callback(target: float, horizon: int):
@@ -233,7 +357,11 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
         use_vllm=config.use_vllm,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        mask_truncated_completions=config.mask_truncated_completions,
+        epsilon_high=config.epsilon_high,
     )
+    if config.algo == "grpo":
+        fields.update(scale_rewards=config.scale_rewards, loss_type=config.loss_type)
     return AlgoConfig(**{**fields, **overrides})
 
 
@@ -267,7 +395,9 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         timeout_s=config.service_timeout_s,
         max_retries=config.service_retries,
     )
-    reward = ServiceReward(client, config.reward, out / "rewards.jsonl")
+    reward = ServiceReward(client, config.reward, out / "rewards.jsonl", scorer=config.scorer)
+    if config.advantage_modulation == "sign_preserving":
+        AlgoTrainer = modulating_trainer(AlgoTrainer, reward, config.modulation_beta, config.modulation_kappa)
     args = rl_training_args(config, str(checkpoints))
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
