@@ -135,6 +135,8 @@ class AblationConfig:
     quantization: Literal["none", "4bit", "8bit"] = "none"
     start_service: bool = True
     stub_service: bool = False
+    # the ablation measured the service's default scorer (regime_w_v1); name another to rerun it on that
+    scorer: str | None = None
     service_url: str = "http://127.0.0.1:8000"
     token_file: str | None = None
     isolate: bool = True

@@ -182,6 +182,30 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(format_result(result))
 
 
+def arm_spec(value: str) -> tuple[str, list[str]]:
+    """NAME=DIR[,DIR...] -> (NAME, [DIR, ...])."""
+    name, sep, dirs = value.partition("=")
+    paths = [d.strip() for d in dirs.split(",") if d.strip()]
+    if not sep or not name.strip() or not paths:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=DIR[,DIR...] (one eval dir per seed)")
+    return name.strip(), paths
+
+
+def cmd_compare_seeds(args: argparse.Namespace) -> None:
+    from trainer.compare import CompareError
+    from trainer.pooled import pooled_comparison, render_pooled_markdown, write_pooled
+
+    runs: dict[str, list[str]] = {}
+    for name, paths in args.arm:
+        if name in runs:
+            raise CompareError(f"arm {name!r} given twice: pass each arm once, its seeds comma-separated")
+        runs[name] = paths
+    result = pooled_comparison(runs, args.baseline, mode=args.mode, n_resamples=args.bootstrap, seed=args.seed)
+    files = write_pooled(result, args.out)
+    print(render_pooled_markdown(result), end="")
+    print(f"wrote {files['markdown']} and {files['json']}")
+
+
 def cmd_consensus(args: argparse.Namespace) -> None:
     from trainer.consensus import write_consensus
 
@@ -311,6 +335,37 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--alpha", type=float, default=0.05)
     compare.set_defaults(func=cmd_compare)
+
+    seeds = sub.add_parser(
+        "compare-seeds", help="arms trained with several seeds: per-seed and seed-pooled differences vs baselines"
+    )
+    seeds.add_argument(
+        "--arm",
+        type=arm_spec,
+        action="append",
+        required=True,
+        metavar="NAME=DIR[,DIR...]",
+        help="an arm and its eval dirs, one per seed in seed order; one dir: shared by every seed (repeatable)",
+    )
+    seeds.add_argument(
+        "--baseline",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="an arm to compare the others with (repeatable)",
+    )
+    seeds.add_argument(
+        "--mode",
+        choices=["strict", "flexible"],
+        default="strict",
+        help="answer extraction tested (default: %(default)s)",
+    )
+    seeds.add_argument(
+        "--bootstrap", type=_positive_int, default=10_000, help="bootstrap resamples (default: %(default)s)"
+    )
+    seeds.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    seeds.add_argument("--out", required=True, help="folder for pooled.json and pooled.md")
+    seeds.set_defaults(func=cmd_compare_seeds)
 
     from trainer.rl import RLStageConfig
 

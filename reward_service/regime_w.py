@@ -123,8 +123,6 @@ class RegimeWScorer:
             similarities = [None] * len(groups)
         s = self.settings
         return [
-            self.spec.score(
-                g, self.roles, s.weights, path_mode=s.path_mode, similarity=sim, answer_mode=s.answer_mode
-            )
+            self.spec.score(g, self.roles, s.weights, path_mode=s.path_mode, similarity=sim, answer_mode=s.answer_mode)
             for g, sim in zip(groups, similarities, strict=True)
         ]

@@ -23,6 +23,7 @@ from shared_schemas.models import (
     PromptsResponse,
     ScoreRequest,
     ScoreResponse,
+    ScorersResponse,
 )
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -110,6 +111,9 @@ class ServiceClient:
 
     async def prompts(self, questions: list[PromptQuestion]) -> PromptsResponse:
         return await self._call("POST", "/v1/prompts", PromptsResponse, PromptsRequest(questions=questions))
+
+    async def scorers(self) -> ScorersResponse:
+        return await self._call("GET", "/v1/scorers", ScorersResponse)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         return await self._call("POST", "/v1/score", ScoreResponse, request)

@@ -144,9 +144,7 @@ class ScoringWeights(Strict):
     robustness_numbers: float = Field(
         0.5, ge=0.0, le=1.0, description="v2: share of number agreement in robustness; the rest is path similarity."
     )
-    robustness_scale: float = Field(
-        0.1, gt=0.0, description="v2: u = tanh(length-residualised robustness / scale)."
-    )
+    robustness_scale: float = Field(0.1, gt=0.0, description="v2: u = tanh(length-residualised robustness / scale).")
 
 
 class TrajectoryScore(Strict):
@@ -190,7 +188,9 @@ class ScoreResponse(Strict):
     )
     reference_answer: NormalisedAnswer | None = Field(description="The gold or pseudo-label answer used.")
     path_mode: Literal["lexical", "embedding", "none"]
-    scorer: str | None = Field(default=None, max_length=64, description="The scorer's name, as GET /v1/scorers lists it.")
+    scorer: str | None = Field(
+        default=None, max_length=64, description="The scorer's name, as GET /v1/scorers lists it."
+    )
     scorer_version: str
     weights: ScoringWeights
     reward_spread: dict[str, float] | None = Field(

@@ -16,7 +16,14 @@ from rollout_worker.client import ClientConfig
 from shared_schemas.models import ScoringWeights
 from trainer.data import generated_records, write_jsonl
 from trainer.modeling import load_model
-from trainer.rl import RewardServiceFailure, RLStageConfig, ServiceReward, group_requests, run_rl
+from trainer.rl import (
+    RewardServiceFailure,
+    RLStageConfig,
+    ServiceReward,
+    group_requests,
+    modulated_advantages,
+    run_rl,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +161,82 @@ def test_a_group_split_across_two_processes_is_scored_whole(tiny_model, prompts_
     logged = [json.loads(line) for line in (out / "rewards.jsonl").read_text().splitlines()]
     assert len(logged) == 2
     assert all(row["completions"] == 4 and row["groups"] == 1 and row["min_group_size"] == 4 for row in logged)
+
+
+@pytest.fixture(scope="module")
+def mixed_prompts_file(format_model, tmp_path_factory) -> Path:
+    """Questions whose gold is the answer the model itself samples most often at temperature 0.5 (twice or more
+    of 8): groups of right and wrong answers, the only groups a correctness reward (and its modulation) gives a
+    signal in."""
+    from collections import Counter
+
+    from shared_schemas.answers import extract_answer
+    from trainer.modeling import load_tokenizer
+    from trainer.prompts import build_prompt
+
+    tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
+    torch.manual_seed(0)
+    rows = []
+    for row in generated_records(24, seed=32):
+        ids = tokenizer(build_prompt(row["question"], tokenizer), return_tensors="pt").input_ids.repeat(8, 1)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.5,
+                                 max_new_tokens=48, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        answers = Counter(extract_answer(tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True)) for o in out)
+        answers.pop(None, None)
+        if answers and answers.most_common(1)[0][1] >= 2:
+            rows.append({**row, "answer": f"#### {answers.most_common(1)[0][0]}"})
+    assert len(rows) >= 4, "too few questions with a repeated answer"
+    path = tmp_path_factory.mktemp("rl-mixed") / "prompts.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def test_grpo_on_the_v2_scorer_with_modulated_advantages(
+    format_model, mixed_prompts_file, v2_service, monkeypatch, tmp_path
+):
+    """Design C for real: correctness rewards, each advantage nudged by v2's robustness u without changing sign."""
+    monkeypatch.setenv("LOOPER_SERVICE_TOKEN", v2_service.token)
+    config = rl_config(format_model, mixed_prompts_file, tmp_path / "c", v2_service, max_steps=2, temperature=0.5, reward="correctness",
+                       scorer="regime_w_v2", advantage_modulation="sign_preserving")  # fmt: skip
+    assert (config.scale_rewards, config.loss_type) == ("batch", "dapo")  # the RL stage's defaults
+    out = run_rl(config)
+    assert lora_b_total(out) > 0  # mixed groups: correctness gave a signal
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    changes = [
+        row["advantage_modulation/mean_abs_change"] for row in logged if "advantage_modulation/mean_abs_change" in row
+    ]
+    assert len(changes) == 2 and min(changes) >= 0  # modulated every step (u needs 3+ right answers in a group)
+
+
+def test_robustness_comes_back_in_completion_order_and_modulates_without_a_sign_change(v2_service):
+    ids = ["q1", "q1", "q2", "q1", "q1", "q2"]
+    questions = ["6 * 7?", "6 * 7?", "2+2?", "6 * 7?", "6 * 7?", "2+2?"]
+    golds = ["42", "42", "4", "42", "42", "4"]
+    texts = [
+        "6 * 7 = 42\nAnswer: 42",
+        "Six sevens: 6 * 7 = 42, since 6 * 5 = 30 and 30 + 12 = 42\nAnswer: 42",
+        "Answer: 4",
+        "Answer: 41",
+        "7 * 6 = 42, and 42 / 6 = 7 checks it\nAnswer: 42",
+        "Answer: 5",
+    ]
+    reward = ServiceReward(
+        ClientConfig(url=v2_service.url, token=v2_service.token), "correctness", scorer="regime_w_v2"
+    )
+    rewards = asyncio.run(reward(None, texts, ids, questions, golds))
+    assert rewards == [1.0, 1.0, 1.0, -0.5, 1.0, -0.5]  # correctness rewards; u travels beside them
+    u = reward.last_robustness
+    assert len(u) == 6 and u[3] == u[5] == 0.0 and u[2] == 0.0  # wrong answers, a group with one right answer
+    assert any(x != 0.0 for x in (u[0], u[1], u[4]))  # three right answers of q1: a residual to rank them by
+    advantages = torch.tensor([0.6, 0.6, 0.5, -1.8, 0.6, -0.5])
+    modulated = modulated_advantages(advantages, torch.tensor(u), beta=0.1, kappa=10.0)
+    assert torch.equal(torch.sign(modulated), torch.sign(advantages)) and not torch.equal(modulated, advantages)
+    assert torch.all((modulated - advantages).abs() <= advantages.abs() / 10 + 1e-7)
+
+
+def test_a_run_against_another_scorer_stops_before_training(format_model, prompts_file, service_token, tmp_path):
+    config = rl_config(format_model, prompts_file, tmp_path / "mismatch", service_token, scorer="regime_w_v2")
+    with pytest.raises(RewardServiceFailure, match="expects rewards from scorer 'regime_w_v2'.*looper serve --scorer"):
+        run_rl(config)
+    assert not (tmp_path / "mismatch" / "metrics.jsonl").exists()  # no model was trained

@@ -63,13 +63,23 @@ def paired_bootstrap(
     if len(a) != len(b) or not a:
         raise ValueError("paired bootstrap needs two equally long, non-empty lists")
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return bootstrap_mean_interval(diff, n_resamples, seed, level)
+
+
+def bootstrap_mean_interval(
+    values, n_resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile CI of the mean of a 1-D array, resampling its entries with replacement, seeded."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
-    block = max(1, 2_000_000 // len(diff))  # bounded memory for large sets
+    block = max(1, 2_000_000 // len(values))  # bounded memory for large sets
     for start in range(0, n_resamples, block):
         stop = min(n_resamples, start + block)
-        idx = rng.integers(0, len(diff), size=(stop - start, len(diff)))
-        means[start:stop] = diff[idx].mean(axis=1)
+        idx = rng.integers(0, len(values), size=(stop - start, len(values)))
+        means[start:stop] = values[idx].mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)

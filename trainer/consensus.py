@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from shared_schemas.answers import majority_answer, parse_gold
-from trainer.data import read_jsonl, write_jsonl
+from trainer.data import DataError, read_jsonl, write_jsonl
 
 
 def consensus_labels(records: list[dict]) -> tuple[list[dict], dict]:
@@ -45,9 +45,21 @@ def consensus_labels(records: list[dict]) -> tuple[list[dict], dict]:
     return rows, stats
 
 
+def read_rollouts(path: str | Path) -> list[dict]:
+    """The scored rollouts file's records, each checked for a list of trajectories."""
+    records = read_jsonl(path, required=("question_id", "question"))
+    for line_no, record in enumerate(records, 1):
+        if not isinstance(record.get("trajectories"), list) or not record["trajectories"]:
+            raise DataError(
+                f"{path}, record {line_no} ({record['question_id']}): no trajectories list; pass a scored "
+                "rollouts file as `looper rollouts` writes it"
+            )
+    return records
+
+
 def write_consensus(rollouts_file: str | Path, output_file: str | Path) -> dict:
-    records = read_jsonl(rollouts_file, required=("question_id", "question", "trajectories"))
-    rows, stats = consensus_labels(records)
+    """The labels as JSONL at output_file and their statistics beside it (<output>.stats.json)."""
+    rows, stats = consensus_labels(read_rollouts(rollouts_file))
     out = Path(output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(out, rows)

@@ -156,6 +156,10 @@ class PipelineConfig:
         default=False, metadata=help_text("start `looper serve` on 127.0.0.1 and stop it after")
     )
     stub_service: bool = field(default=False, metadata=help_text("with start_service: the public stub scorer"))
+    scorer: str | None = field(
+        default=None,
+        metadata=help_text("with start_service: the service's scorer (looper serve --scorer); rl.scorer may differ"),
+    )
     engine: Literal["auto", "vllm", "hf"] = "auto"
     quantization: Literal["none", "4bit", "8bit"] = "none"
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=help_text("stages to run"))
@@ -259,27 +263,31 @@ class Pipeline:
         self.work = Path(config.work_dir)
         self.hashes: dict[str, str] = {}
         self.summary: dict = {"ran": [], "skipped": [], "stages": {}}
-        self._service = None
+        self._services: dict[str | None, object] = {}
         self._stack = contextlib.ExitStack()
 
-    # ---- the service, started only when a stage that needs it actually runs
-    def service(self) -> tuple[str, str | None]:
+    # ---- the service, started only when a stage that needs it actually runs (one per scorer asked for)
+    def service(self, scorer: str | None = None) -> tuple[str, str | None]:
         c = self.config
+        scorer = scorer or c.scorer
         if not c.start_service:
             return c.service_url, c.token_file
-        if self._service is None:
+        folder = self.work / ("service" if scorer in (None, c.scorer) else f"service-{scorer}")
+        if scorer not in self._services:
             from looper.local_service import local_service
 
-            folder = self.work / "service"
             folder.mkdir(parents=True, exist_ok=True)
-            self._service = self._stack.enter_context(
-                local_service(stub=c.stub_service, log_path=folder / "service.log", ready_timeout_s=120.0)
+            service = self._stack.enter_context(
+                local_service(
+                    stub=c.stub_service, scorer=scorer, log_path=folder / "service.log", ready_timeout_s=120.0
+                )
             )
+            self._services[scorer] = service
             token_file = folder / "token"
             token_file.touch(mode=0o600)
-            token_file.write_text(self._service.token)
-            log.info("started looper serve at %s (log %s)", self._service.url, folder / "service.log")
-        return self._service.url, str(self.work / "service" / "token")
+            token_file.write_text(service.token)
+            log.info("started looper serve (scorer %s) at %s", scorer or "default", service.url)
+        return self._services[scorer].url, str(folder / "token")
 
     # ---- the units
     def data_files(self) -> dict[str, Path]:
@@ -443,7 +451,7 @@ class Pipeline:
         return run_rollouts(config)
 
     def _rl(self, config):
-        config.service_url, config.token_file = self.service()
+        config.service_url, config.token_file = self.service(config.scorer)
         from trainer.rl import run_rl
 
         return str(run_rl(config))

@@ -113,6 +113,8 @@ class RLStageConfig:
             raise ValueError("model and train_file are required")
         if self.target_kl and self.beta <= 0:
             raise ValueError("an adaptive KL target needs an initial beta > 0")
+        if self.scale_rewards not in (None, "group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be group, batch or none, not {self.scale_rewards!r}")
         if self.algo == "grpo":
             for name, value in GRPO_DEFAULTS.items():
                 if getattr(self, name) is None:
@@ -197,9 +199,9 @@ def batch_metrics(results: list[ScoreResponse], rewards: list[float], mode: Rewa
     }
     if mode != "correctness":
         # uniform groups whose rewards still differ: signal that is not about correctness (v1's failure)
-        metrics["groups_with_phantom_signal"] = sum(
-            len({round(t.reward, 9) for t in r.trajectories}) > 1 for r in uniform
-        ) / n
+        metrics["groups_with_phantom_signal"] = (
+            sum(len({round(t.reward, 9) for t in r.trajectories}) > 1 for r in uniform) / n
+        )
         mixed = [r for r, flag in zip(results, is_uniform, strict=True) if not flag and r.reward_spread]
         for name in sorted({name for r in mixed for name in r.reward_spread}):
             metrics[f"spread_mixed/{name}"] = sum(r.reward_spread.get(name, 0.0) for r in mixed) / len(mixed)
@@ -240,15 +242,25 @@ class ServiceReward:
                 "restart the service and rerun to resume from the last checkpoint."
             ) from None
         results = [r for chunk in scored for r in chunk]
-        if self.scorer is not None:
-            other = {r.scorer for r in results} - {self.scorer}
-            if other:
-                raise RewardServiceFailure(
-                    f"the run expects rewards from scorer {self.scorer!r}, but the service answered with "
-                    f"{', '.join(map(repr, sorted(map(str, other))))}: start it with `looper serve --scorer "
-                    f"{self.scorer}` (or point --service-url at one that does)"
-                )
+        self.check_scorer({r.scorer for r in results})
         return results
+
+    def check_scorer(self, answered: set) -> None:
+        other = answered - {self.scorer}
+        if self.scorer is not None and other:
+            raise RewardServiceFailure(
+                f"the run expects rewards from scorer {self.scorer!r}, but the service answered with "
+                f"{', '.join(map(repr, sorted(map(str, other))))}: start it with `looper serve --scorer "
+                f"{self.scorer}` (or point --service-url at one that does)"
+            )
+
+    async def preflight(self) -> None:
+        """Before any model loads: the service answers, and with the scorer the run expects."""
+        try:
+            async with ServiceClient(self.client_config) as client:
+                self.check_scorer({(await client.scorers()).active})
+        except (ServiceUnavailable, ServiceError) as exc:
+            raise RewardServiceFailure(f"the reward service, checked before training: {exc}") from None
 
     async def __call__(self, prompts, completions, question_id, question, gold_answer, log_metric=None, **kwargs):
         from accelerate import PartialState
@@ -396,6 +408,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         max_retries=config.service_retries,
     )
     reward = ServiceReward(client, config.reward, out / "rewards.jsonl", scorer=config.scorer)
+    asyncio.run(reward.preflight())
     if config.advantage_modulation == "sign_preserving":
         AlgoTrainer = modulating_trainer(AlgoTrainer, reward, config.modulation_beta, config.modulation_kappa)
     args = rl_training_args(config, str(checkpoints))
