@@ -119,7 +119,7 @@ def test_results_alone_need_only_the_records(v2, tmp_path):
 def test_the_gpu_config_pairs_the_arms_and_refuses_what_would_unpair_them(v2):
     config = v2.config_from_args(v2.parse_args(GPU_ARGS))
     assert set(config.arms) == set(ARMS) and config.seeds == [0, 1, 2] and config.engine == "vllm"
-    assert config.rl["scale_rewards"] == "batch" and config.rl["max_steps"] == 300 and config.rl["use_vllm"]
+    assert config.rl["scale_rewards"] == "batch" and config.rl["max_steps"] == 100 and config.rl["use_vllm"]
     assert config.needs_consensus and config.eval["repeat"] == 1
     units = {u.name: u for u in v2.make_experiment(config).units()}
     assert {f"seed-{s}/{a}" for s in (0, 1, 2) for a in ARMS} <= set(units)
