@@ -42,6 +42,7 @@ def service_settings(args: argparse.Namespace):
         "embedding_device": args.embedding_device,
         "max_body_bytes": args.max_body_bytes,
         "max_group_size": args.max_group_size,
+        "answer_budget_s": args.answer_budget,
     }
     if args.weights:
         path = Path(args.weights)
@@ -252,6 +253,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="YAML/JSON file overriding scoring weights")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument("--max-group-size", type=int, default=64)
+    p.add_argument(
+        "--answer-budget",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="LaTeX answer evaluation time per request, over all its answers; past it an answer reads as none "
+        "and says answer_timeout (default: %(default)s)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reward_service.scorer import Scorer, ScoringError
 from reward_service.settings import ServiceSettings
+from shared_schemas.latex import answer_budget
 from shared_schemas.models import (
     ArmSet,
     BatchScoreRequest,
@@ -76,6 +77,11 @@ class Metrics:
         )
         self.groups = Counter("looper_groups_scored_total", "Question groups scored", registry=self.registry)
         self.trajectories = Counter("looper_trajectories_scored_total", "Trajectories scored", registry=self.registry)
+        self.answer_timeouts = Counter(
+            "looper_answer_timeouts_total",
+            "Trajectories whose LaTeX answer was not evaluated within the request's parsing budget (no answer)",
+            registry=self.registry,
+        )
         info = Gauge(
             "looper_scorer_info", "Scorer in use", ["scorer", "scorer_version", "path_mode"], registry=self.registry
         )
@@ -206,6 +212,12 @@ class ScoringFastPath:
         if self.authorization is None:
             return True
         return authorization is not None and hmac.compare_digest(authorization, self.authorization)
+
+
+def score_within_budget(scorer: Scorer, groups: list[ScoreRequest], budget_s: float) -> list[ScoreResponse]:
+    """Score `groups` with `budget_s` seconds of LaTeX answer evaluation for the whole request."""
+    with answer_budget(budget_s):
+        return scorer.score(groups)
 
 
 def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
@@ -353,14 +365,15 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             raise HTTPException(503, "scorer is still loading")
         check_limits(groups, settings)
         try:
-            if scorer.blocking:
-                results = await anyio.to_thread.run_sync(scorer.score, groups)
-            else:
-                results = scorer.score(groups)
+            # Off the event loop in every mode: a slow request must never hold up /healthz or other clients.
+            results = await anyio.to_thread.run_sync(score_within_budget, scorer, groups, settings.answer_budget_s)
         except ScoringError as exc:
             raise HTTPException(422, str(exc)) from exc
         metrics.groups.inc(len(groups))
         metrics.trajectories.inc(sum(len(g.trajectories) for g in groups))
+        timeouts = sum(t.answer_timeout for r in results for t in r.trajectories)
+        if timeouts:
+            metrics.answer_timeouts.inc(timeouts)
         return results
 
     def json_response(model) -> Response:

@@ -93,11 +93,6 @@ class RegimeWScorer:
     def path_mode(self) -> str:
         return self.settings.path_mode
 
-    @property
-    def blocking(self) -> bool:
-        """Slow enough (a neural encoder) that it must run off the event loop."""
-        return self.settings.path_mode == "embedding"
-
     def load(self) -> None:
         warm_up()
         if self.settings.path_mode == "embedding":

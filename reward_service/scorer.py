@@ -30,10 +30,6 @@ class Scorer(Protocol):
     @property
     def path_mode(self) -> str: ...
 
-    @property
-    def blocking(self) -> bool:
-        """True when scoring is slow enough (a neural encoder) to run off the event loop."""
-
     def load(self) -> None: ...
 
     def arm_set(self) -> ArmSet: ...
@@ -43,7 +39,8 @@ class Scorer(Protocol):
 
     def prompts(self, questions: list[PromptQuestion]) -> PromptsResponse: ...
 
-    def score(self, groups: list[ScoreRequest]) -> list[ScoreResponse]: ...
+    def score(self, groups: list[ScoreRequest]) -> list[ScoreResponse]:
+        """Called in a worker thread (never on the event loop), inside the request's LaTeX answer budget."""
 
 
 def reference_answer(request: ScoreRequest, answers: Sequence[str | None]) -> tuple[str | None, LabelSource]:

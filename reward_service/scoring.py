@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from reward_service.scorer import reference_answer
-from shared_schemas.answers import AnswerMode, answer_agreement, extract_answer
+from shared_schemas.answers import AnswerMode, answer_agreement, read_answer
 from shared_schemas.models import (
     ArmRole,
     LabelSource,
@@ -187,6 +187,7 @@ class GroupAnalysis:
     """Everything the Regime W scorers read off one group before any reward is formed (v1 and v2 share it)."""
 
     answers: list[str | None]
+    answer_timeouts: list[bool]  # no answer for want of LaTeX parsing budget (read_answer's timed_out)
     words: list[int]
     correct: list[bool]
     reference: str | None
@@ -222,7 +223,8 @@ def analyse_group(
     token Jaccard as the path similarity when given."""
     texts = [t.text for t in request.trajectories]
     n = len(texts)
-    answers = [extract_answer(t, answer_mode) for t in texts]
+    readings = [read_answer(t, answer_mode) for t in texts]
+    answers = [r.answer for r in readings]
     words = [word_count(t) for t in texts]
     roles = Roles.of([arm_roles.get(t.arm_name, "sample") for t in request.trajectories])
 
@@ -260,6 +262,7 @@ def analyse_group(
 
     return GroupAnalysis(
         answers=answers,
+        answer_timeouts=[r.timed_out for r in readings],
         words=words,
         correct=correct,
         reference=reference,
@@ -337,6 +340,7 @@ def score_group(
             TrajectoryScore(
                 arm_name=traj.arm_name,
                 answer=g.answers[i],
+                answer_timeout=g.answer_timeouts[i],
                 correct=g.correct[i],
                 words=g.words[i],
                 s_end=g.s_end_i[i],

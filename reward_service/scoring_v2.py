@@ -156,6 +156,7 @@ def score_group_v2(
         TrajectoryScore(
             arm_name=traj.arm_name,
             answer=g.answers[i],
+            answer_timeout=g.answer_timeouts[i],
             correct=g.correct[i],
             words=g.words[i],
             s_end=g.s_end_i[i],

@@ -29,6 +29,13 @@ class ServiceSettings(BaseModel):
     embedding_device: str = "cpu"
     embedding_batch_size: int = Field(64, ge=1, le=4096)
     answer_mode: AnswerMode = "strict"
+    answer_budget_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=60.0,
+        description="LaTeX answer evaluation time one request may spend over all its answers; past it an answer "
+        "reads as none and its trajectory says answer_timeout: true.",
+    )
     weights: ScoringWeights = ScoringWeights()
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     max_group_size: int = Field(64, ge=1, le=MAX_GROUP_SIZE, description="More trajectories get 422.")

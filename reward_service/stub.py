@@ -10,7 +10,7 @@ from collections import Counter
 
 from reward_service.scorer import reference_answer
 from reward_service.settings import ServiceSettings
-from shared_schemas.answers import answer_agreement, extract_answer, warm_up
+from shared_schemas.answers import answer_agreement, read_answer, warm_up
 from shared_schemas.models import (
     ArmSet,
     ArmSpec,
@@ -45,7 +45,8 @@ STUB_ARMS = tuple(
 def score_correctness(request: ScoreRequest, settings: ServiceSettings) -> ScoreResponse:
     """Reward = correct_base / incorrect_base per trajectory; no coherence terms (they stay 0)."""
     w = settings.weights
-    answers = [extract_answer(t.text, settings.answer_mode) for t in request.trajectories]
+    readings = [read_answer(t.text, settings.answer_mode) for t in request.trajectories]
+    answers = [r.answer for r in readings]
     reference, label_source = reference_answer(request, answers)
     correct = [a is not None and a == reference for a in answers]
     words = [len(t.text.split()) for t in request.trajectories]
@@ -54,10 +55,11 @@ def score_correctness(request: ScoreRequest, settings: ServiceSettings) -> Score
     trajectories = [
         TrajectoryScore(
             arm_name=t.arm_name,
-            answer=a,
+            answer=r.answer,
+            answer_timeout=r.timed_out,
             correct=c,
             words=wc,
-            s_end=((counts[a] - 1) / (n - 1) if n > 1 else 1.0) if a is not None else 0.0,
+            s_end=((counts[r.answer] - 1) / (n - 1) if n > 1 else 1.0) if r.answer is not None else 0.0,
             s_path=0.0,
             s_cf=0.0,
             coherence=0.0,
@@ -65,7 +67,7 @@ def score_correctness(request: ScoreRequest, settings: ServiceSettings) -> Score
             length_penalty=0.0,
             reward=w.correct_base if c else w.incorrect_base,
         )
-        for t, a, c, wc in zip(request.trajectories, answers, correct, words, strict=True)
+        for t, r, c, wc in zip(request.trajectories, readings, correct, words, strict=True)
     ]
     return ScoreResponse(
         question_id=request.question_id,
@@ -90,7 +92,6 @@ class StubScorer:
     name = "stub"
     version = STUB_VERSION
     path_mode = "none"
-    blocking = False
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings

@@ -133,6 +133,7 @@ def build_record(group: dict, result: ScoreResponse, model: str, engine: str) ->
             arm_name=t.arm_name,
             text=t.text,
             answer=s.answer,
+            answer_timeout=s.answer_timeout,
             correct=s.correct,
             reward=s.reward,
             quality=s.quality,

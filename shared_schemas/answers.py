@@ -10,14 +10,14 @@ decimals, trailing zeros removed. Two answers are equal iff their normalised str
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Literal
+
+from shared_schemas.latex import AnswerTimeout, evaluate_latex, latex_pool, math_verify_available
 
 AnswerMode = Literal["strict", "flexible"]
 
@@ -30,8 +30,10 @@ _SIGNED_NUM = re.compile(rf"(?P<sign>[-\u2212])?\s*(?:\\?\$\s*)?(?P<num>{_NUM})(
 _FRAC = re.compile(r"(?P<sign>-)?\s*(?P<whole>\d+)?\s*\\d?frac\s*\{\s*(?P<num>-?\d+)\s*\}\s*\{\s*(?P<den>-?\d+)\s*\}")
 # LaTeX thousands separators between digit groups: 1{,}000, 10,\!000, 10\,000 (read as 1,000 / 10,000).
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
+# `[*_]*`: markdown emphasis around the keyword, as in `**Answer**: 42` or `**Final Answer:** 42`
 _ANCHORS = re.compile(
-    r"(?:(?:final\s+)?answer\s*(?:is)?\s*:|the\s+(?:final\s+)?answer\s+is\b|####)[ \t*]*\n?[ \t]*(?P<rest>[^\n]{0,120})",
+    r"(?:(?:final\s+)?answer[*_]*\s*(?:is)?\s*[*_]*\s*:|the\s+(?:final\s+)?answer[*_]*\s+is\b|####)"
+    r"[ \t*_]*\n?[ \t]*(?P<rest>[^\n]{0,120})",
     re.IGNORECASE,
 )
 # Every _ANCHORS match contains the keyword "answer" or "####", preceded inside the match only by
@@ -41,11 +43,18 @@ _ANCHOR_KEYWORD = re.compile(r"(?=answer|####)", re.IGNORECASE)
 _THE = re.compile("the", re.IGNORECASE)
 _FINAL = re.compile("final", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_LATEX_NOISE = re.compile(r"\\text\{[^}]*\}|\\mathrm\{[^}]*\}|\\[,;!: ]|\\left|\\right|\\\(|\\\)|\\\[|\\\]")
+# formatting that says nothing about the value: text wrappers are unwrapped (`\text{48}` is 48, and
+# `18\text{ dollars}` is 18 dollars), spacing and delimiters become spaces, `\$` and `\%` their characters
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_LATEX_NOISE = re.compile(r"\\[,;!: ]|\\(?:left|right|displaystyle|quad|qquad)\b|\\\(|\\\)|\\\[|\\\]")
 _NEEDS_LATEX = re.compile(r"\\(?!d?frac\b)[A-Za-z]+|\^")
+# a word of prose (not a LaTeX command, not a lone variable): where a remark after the answer starts
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_DIGIT = re.compile(r"\d")
+# a number that runs on in a way no number does: `1,0000`, `1,000,00`: no answer rather than a wrong one
+_RUNS_ON = re.compile(r"\d|,\d")
+_MIXED = re.compile(r"(?P<sign>[-\u2212])?\s*(?P<whole>\d+)\s+(?P<num>\d+)\s*/\s*(?P<den>\d+)(?![\d.])")
 _ALL_NUMBERS = re.compile(rf"[-\u2212]?(?:{_NUM})")
-
-_log = logging.getLogger(__name__)
 
 
 def normalise_number(raw: str) -> str | None:
@@ -88,17 +97,50 @@ def _format(value: Decimal) -> str | None:
 
 
 def _first_number(segment: str) -> str | None:
-    """The answer inside an anchored segment: after the last '=', the first number or fraction."""
-    segment = _LATEX_NOISE.sub(" ", _LATEX_THOUSANDS.sub(",", segment)).replace("\u2212", "-")
-    if "=" in segment:
-        segment = segment.rsplit("=", 1)[1]
+    """The first number, mixed number or fraction of an answer segment (already cleaned)."""
     frac = _FRAC.search(segment)
     number = _SIGNED_NUM.search(segment)
     if frac is not None and (number is None or frac.start() <= number.start()):
         return _from_frac(frac)
     if number is None:
         return None
+    mixed = _MIXED.match(segment, number.start())
+    if mixed is not None:  # `3 1/2` is three and a half
+        whole, fraction = _from_match(_SIGNED_NUM.fullmatch(mixed["whole"])), Decimal(mixed["num"])
+        if whole is None or int(mixed["den"]) == 0 or len(mixed["num"]) > _MAX_INT_DIGITS:
+            return None
+        value = Decimal(whole) + fraction / Decimal(mixed["den"])
+        return _format(-value if mixed["sign"] else value)
+    if _RUNS_ON.match(segment, number.end()):
+        return None
     return _from_match(number)
+
+
+def _answer_part(segment: str) -> str:
+    """The part of an anchored segment that holds the answer: formatting removed, a remark after the answer
+    cut off (`20 (which is 5 more than 15 = 3*5)` is 20), and of an equation its last side (`12 * 4 = 48`)."""
+    segment = _LATEX_THOUSANDS.sub(",", segment)
+    for _ in range(3):  # nested wrappers, innermost first
+        segment = _WRAPPERS.sub(r" \1 ", segment)
+    segment = _LATEX_NOISE.sub(" ", segment).replace("\\$", "$").replace("\\%", "%").replace("\u2212", "-")
+    word = _WORD.search(segment)
+    head = segment[: word.start()] if word is not None else segment
+    part = head if _DIGIT.search(head) else segment
+    return part.rsplit("=", 1)[1] if "=" in part else part
+
+
+def _segment_value(segment: str) -> str | None:
+    """The answer in one candidate segment; AnswerTimeout when its LaTeX ran out of budget."""
+    part = _answer_part(segment)
+    if not _NEEDS_LATEX.search(part):
+        return _first_number(part)
+    value = evaluate_latex(part.strip().strip("$").strip())
+    if value is None:
+        return None
+    try:
+        return _format(Decimal(value))
+    except InvalidOperation:
+        return None
 
 
 def _from_frac(match: re.Match) -> str | None:
@@ -170,27 +212,45 @@ def _anchor_matches(text: str) -> list[re.Match]:
     return matches
 
 
+@dataclass(frozen=True)
+class AnswerReading:
+    """What one text's final answer reads as. `timed_out`: a LaTeX answer could not be evaluated within the
+    request's budget, so `answer` is None for want of time, not because the text has no answer."""
+
+    answer: str | None
+    timed_out: bool = False
+
+
+def read_answer(text: str, mode: AnswerMode = "strict") -> AnswerReading:
+    """The final answer of a generated solution, normalised, or None; see `extract_answer`."""
+    candidates: list[tuple[int, str]] = [(m.start(), m.group("rest")) for m in _anchor_matches(text)]
+    candidates += _boxed_contents(text)
+    for _, segment in sorted(candidates, reverse=True):
+        try:
+            answer = _segment_value(segment)
+        except AnswerTimeout:
+            return AnswerReading(None, timed_out=True)  # no guess from an earlier candidate: it may be stale
+        if answer is not None:
+            return AnswerReading(answer)
+    if mode == "flexible":
+        text = text.replace("\u2212", "-")
+        for match in reversed(list(_ALL_NUMBERS.finditer(text))):
+            glued = match.start() > 0 and text[match.start() - 1].isdigit()
+            if glued or _RUNS_ON.match(text, match.end()):
+                continue  # a piece of `1,0000`: never read as 1000 or 0
+            answer = normalise_number(match.group())
+            if answer is not None:
+                return AnswerReading(answer)
+    return AnswerReading(None)
+
+
 def extract_answer(text: str, mode: AnswerMode = "strict") -> str | None:
     """The final answer of a generated solution, normalised, or None.
 
     strict: the last explicit final answer: 'Answer: N', 'The answer is N', '#### N' or '\\boxed{N}'.
     flexible: strict, else the last number in the text (lm-evaluation-harness's flexible-extract).
     """
-    candidates: list[tuple[int, str]] = [(m.start(), m.group("rest")) for m in _anchor_matches(text)]
-    candidates += _boxed_contents(text)
-    for _, segment in sorted(candidates, reverse=True):
-        if _NEEDS_LATEX.search(_LATEX_NOISE.sub(" ", segment)):
-            answer = _latex_value(segment)
-        else:
-            answer = _first_number(segment)
-        if answer is not None:
-            return answer
-    if mode == "flexible":
-        for raw in reversed(_ALL_NUMBERS.findall(text.replace("\u2212", "-"))):
-            answer = normalise_number(raw)
-            if answer is not None:
-                return answer
-    return None
+    return read_answer(text, mode).answer
 
 
 def answer_agreement(answers: Sequence[str | None]) -> float:
@@ -219,65 +279,7 @@ def parse_gold(gold: str) -> str | None:
     return bare if bare is not None else extract_answer(gold, mode="strict")
 
 
-# --- math-verify fallback for LaTeX the regexes do not cover (\sqrt, nested fractions, ...) ---------
-
-_LATEX_TIMEOUT_S = 1.0
-_LATEX_MAX_CHARS = 120
-_executor: ThreadPoolExecutor | None = None
-
-
-_EXPONENT = re.compile(r"\^\s*(\{[^{}]*\}|[^\s{])")
-_LONG_NUMBER = re.compile(r"\d{13,}")
-
-
-def _cheap_to_evaluate(segment: str) -> bool:
-    """Refuse what can make sympy compute for ever (power towers, huge powers, factorials): a thread
-    cannot be killed, and a runaway one would hold the GIL for the whole process."""
-    if "!" in segment.replace("\\!", "") or _LONG_NUMBER.search(segment) or segment.count("^") > 1:
-        return False
-    for exponent in _EXPONENT.findall(segment):
-        digits = exponent.strip("{} ").lstrip("-")
-        if not digits.isdigit() or int(digits) > 64:
-            return False
-    return True
-
-
 def warm_up() -> None:
-    """Import math-verify and parse once, so the first real answer does not pay for it under a deadline."""
-    _math_verify_value("\\frac{1}{2}")
-
-
-def _latex_value(segment: str) -> str | None:
-    """Evaluate a short LaTeX answer with math-verify, under a deadline of our own.
-
-    math-verify's own timeout uses signal.alarm, which fails in any non-main thread (a web server's
-    worker threads), so it is disabled and the call runs in a helper thread we stop waiting for.
-    """
-    if len(segment) > _LATEX_MAX_CHARS or not _cheap_to_evaluate(segment):
-        return None
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="math-verify")
-    try:
-        return _executor.submit(_math_verify_value, segment).result(timeout=_LATEX_TIMEOUT_S)
-    except FutureTimeout:
-        _log.warning("math-verify gave no answer within %.1fs", _LATEX_TIMEOUT_S)
-        return None
-
-
-def _math_verify_value(segment: str) -> str | None:
-    try:
-        from math_verify import parse
-    except ImportError:
-        return None
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    try:
-        parsed = parse(f"${segment}$", parsing_timeout=None)
-        if not parsed:
-            return None
-        expr = parsed[0]
-        if not getattr(expr, "is_number", False) or not expr.is_real:
-            return None
-        return _format(Decimal(str(expr.evalf(30))))
-    except Exception:  # noqa: BLE001 - any parser failure means "no answer", never a crash
-        return None
+    """Start the LaTeX workers and wait for one, so the first answer does not pay for their start."""
+    if math_verify_available():
+        latex_pool().wait_ready()

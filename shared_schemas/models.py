@@ -150,6 +150,11 @@ class ScoringWeights(Strict):
 class TrajectoryScore(Strict):
     arm_name: ArmName
     answer: NormalisedAnswer | None = Field(description="Extracted final answer, normalised; null if none.")
+    answer_timeout: bool = Field(
+        False,
+        description="True when the answer is null because its LaTeX could not be evaluated within the request's "
+        "parsing budget (the service's answer_budget_s), not because the text has no answer.",
+    )
     correct: bool = Field(description="Equal to the gold answer (or to the pseudo-label when label-free).")
     words: int = Field(ge=0)
     s_end: Unit = Field(description="Leave-one-out answer agreement.")
@@ -295,6 +300,7 @@ class RolloutTrajectory(Strict):
     arm_name: ArmName
     text: str = Field(max_length=MAX_TEXT_CHARS)
     answer: NormalisedAnswer | None
+    answer_timeout: bool = Field(False, description="The service ran out of LaTeX parsing budget for its answer.")
     correct: bool
     reward: float
     quality: Unit

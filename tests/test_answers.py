@@ -92,6 +92,14 @@ EXTRACTION_CASES = [
     ("Answer: unknown", None, None),
     (r"\boxed{}", None, None),
     (r"\boxed{x}", None, None),
+    # forms models write that used to read as no answer, or as a wrong one
+    (r"Answer: $12 \times 4 = 48$", "48", "48"),
+    (r"\boxed{\text{48}}", "48", "48"),
+    ("**Answer**: 42", "42", "42"),
+    ("Answer: 20 (which is 5 more than 15 = 3*5)", "20", "20"),
+    ("Answer: 1,0000", None, None),  # a number that runs on: no answer rather than 1000
+    ("Answer: 3 1/2", "3.5", "3.5"),  # a mixed number
+    ("Answer: -2 3/4", "-2.75", "-2.75"),
     # absurdly long numbers are no answer
     ("Answer: " + "9" * 40, None, None),
     ("Answer: " + "9" * 500, None, None),
@@ -102,6 +110,42 @@ EXTRACTION_CASES = [
 @pytest.mark.parametrize(("text", "strict", "flexible"), EXTRACTION_CASES)
 def test_extract_answer(text: str, strict: str | None, flexible: str | None) -> None:
     assert extract_answer(text) == strict
+    assert extract_answer(text, mode="strict") == strict
+    assert extract_answer(text, mode="flexible") == flexible
+
+
+# How real models end a GSM8K solution: (ending, strict answer, flexible answer); the answer is 18 throughout.
+MODEL_ENDINGS = [
+    # Qwen2.5 (-Math) Instruct: \boxed inside display or inline math, often followed by prose
+    (r"So she makes $9 \times 2 = 18$ dollars.\n\[\n\boxed{18}\n\]", "18", "18"),
+    (r"Therefore, Janet makes \(\boxed{18}\) dollars every day at the farmers' market.", "18", "18"),
+    (r"The final answer is \(\boxed{18}\).", "18", "18"),
+    (r"Janet makes $\boxed{18}$ dollars per day.", "18", "18"),
+    (r"\[\n\boxed{\$18}\n\]", "18", "18"),
+    (r"\[\n16 - 3 - 4 = 9 \quad \text{and} \quad 9 \times 2 = \boxed{18}\n\]", "18", "18"),
+    # Llama-3 Instruct: "## Step N" and "The final answer is: $\boxed{N}$", or plain dollars
+    ("## Step 3: Multiply by the price\n9 * $2 = $18\n\nThe final answer is: $\\boxed{18}$", "18", "18"),
+    ("The final answer is $18.", "18", "18"),
+    ("**Final Answer:** $18", "18", "18"),
+    ("Janet makes $18 every day.\n\n**Answer:** \\$18.00", "18", "18"),
+    # DeepSeek-R1-Distill: a think block, then **Final Answer** and a displayed \boxed
+    ("<think>\n16 - 3 - 4 = 9, and 9 x 2 = 18.\n</think>\n\n**Final Answer**\n\\[\n\\boxed{18}\n\\]", "18", "18"),
+    ("</think>\n\n**Final Answer**\nJanet makes \\boxed{18} dollars every day.", "18", "18"),
+    ("**Final Answer**\n\\boxed{18 \\text{ dollars}}", "18", "18"),
+    # trailing units, periods, percent and thousands
+    ("Answer: 18 dollars.", "18", "18"),
+    ("Answer: $18.", "18", "18"),
+    ("Answer: 18%.", "18", "18"),
+    ("The answer is 18 cm.", "18", "18"),
+    (r"Answer: \$18", "18", "18"),
+    ("#### 18", "18", "18"),
+    # no anchor: only flexible reads a number
+    ("So she makes 18 dollars a day.", None, "18"),
+]
+
+
+@pytest.mark.parametrize(("text", "strict", "flexible"), MODEL_ENDINGS)
+def test_the_endings_models_write(text: str, strict: str | None, flexible: str | None) -> None:
     assert extract_answer(text, mode="strict") == strict
     assert extract_answer(text, mode="flexible") == flexible
 
