@@ -1,9 +1,10 @@
 """Rollouts: every arm of every question generated in one engine call per batch, scored over HTTP.
 
 Durability: generated groups go to a spool file (fsync) before they are scored; scored records are
-appended to the output (fsync) and only then dropped from the spool. A restart skips question ids already
-in the output and scores what the spool holds first, so a kill -9 or a service outage loses nothing and
-redoes nothing that was finished.
+appended to the output (fsync) and only then dropped from the spool. A restart first reads the question ids
+already in the output, drops spooled groups among them (a kill between the append and the spool's rewrite
+leaves a group in both), scores the rest of the spool and skips those ids, so a kill -9 or a service outage
+loses nothing, redoes nothing that was finished and never writes a record twice.
 
 `data_parallel_size` N > 1 runs N such workers side by side, one per GPU, each on a shard of the questions, and
 merges their files (`rollout_worker/parallel.py`).
@@ -167,12 +168,24 @@ class RolloutRun:
         self.output = Path(config.output_file)
         self.spool = self.output.with_name(self.output.name + ".spool")
         self.metrics = self.output.with_name(self.output.name + ".metrics.jsonl")
+        self.finished: set[str] = set()  # question ids in the output, read once at the start
+
+    def unscored_spool(self) -> list[dict]:
+        """The spooled groups not yet in the output. A kill between appending a group's record to the output
+        and rewriting the spool leaves the group in both: it is dropped from the spool, never scored twice."""
+        pending = read_complete_lines(self.spool)
+        unscored = [g for g in pending if g["request"]["question_id"] not in self.finished]
+        if len(unscored) < len(pending):
+            log.info("%d spooled groups were already in %s; dropped from the spool", len(pending) - len(unscored),
+                     self.output)  # fmt: skip
+            rewrite_lines(self.spool, [json.dumps(g) for g in unscored])
+        return unscored
 
     async def score_spool(self, wait: bool) -> int:
         """Score every spooled group; on an outage keep them (wait=False) or wait for the service (True)."""
         scored = 0
         deadline = time.monotonic() + self.config.service_wait_s
-        while pending := read_complete_lines(self.spool):
+        while pending := self.unscored_spool():
             chunk = pending[: self.config.score_chunk]
             try:
                 results = await self.client.score_batch([ScoreRequest.model_validate(g["request"]) for g in chunk])
@@ -191,6 +204,7 @@ class RolloutRun:
                 build_record(g, r, self.config.model, self.engine.name) for g, r in zip(chunk, results, strict=True)
             ]
             append_lines(self.output, [r.model_dump_json() for r in records])
+            self.finished.update(r.question_id for r in records)
             rewrite_lines(self.spool, [json.dumps(g) for g in pending[len(chunk) :]])
             scored += len(records)
         return scored
@@ -213,13 +227,14 @@ class RolloutRun:
     async def run(self, questions: list[dict]) -> dict:
         arm_set = await self.client.arms()
         arms = list(arm_set.arms)
+        self.finished = {r["question_id"] for r in read_complete_lines(self.output)}
         scored_before = await self.score_spool(wait=False)
-        done = {r["question_id"] for r in read_complete_lines(self.output)}
         spooled = {g["request"]["question_id"] for g in read_complete_lines(self.spool)}
-        todo = [q for q in questions if q["id"] not in done and q["id"] not in spooled]
+        todo = [q for q in questions if q["id"] not in self.finished and q["id"] not in spooled]
         log.info(
-            "%d questions: %d done, %d spooled, %d to generate", len(questions), len(done), len(spooled), len(todo)
-        )
+            "%d questions: %d done, %d spooled, %d to generate",
+            len(questions), len(self.finished), len(spooled), len(todo),
+        )  # fmt: skip
 
         prompts: dict[str, dict[str, tuple[str, str]]] = {}
         for start in range(0, len(todo), PROMPT_CHUNK):
@@ -284,9 +299,8 @@ class RolloutRun:
             )
         bar.close()
         await self.score_spool(wait=True)
-        total = len({r["question_id"] for r in read_complete_lines(self.output)})
         return {
-            "records": total,
+            "records": len(self.finished),
             "generated": len(todo),
             "scored_from_earlier_spool": scored_before,
             "completion_tokens": tokens,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from looper.local_service import free_port, local_service
+from rollout_worker import worker
 from rollout_worker.engines import GenerationRequest, HFEngine
 from rollout_worker.worker import RolloutConfig, read_complete_lines, run_rollouts
 from trainer.data import generated_records, read_jsonl, write_jsonl
@@ -104,6 +105,40 @@ def test_a_killed_run_resumes_without_losing_or_redoing_work(tiny_model, questio
     assert len(ids) == 30 and len(set(ids)) == 30
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["generated"] + summary["scored_from_earlier_spool"] <= 30 - written_before + 2
+
+
+class Killed(BaseException):
+    """The process dying at an exact point (raised by a fault-injection hook, caught by nothing)."""
+
+
+def test_a_kill_between_the_output_append_and_the_spool_rewrite_writes_no_record_twice(
+    tiny_model, questions, stub_service, tmp_path, monkeypatch
+):
+    output = tmp_path / "rollouts.jsonl"
+    monkeypatch.setenv("LOOPER_SERVICE_TOKEN", stub_service.token)
+    config = RolloutConfig(
+        model=str(tiny_model), engine="hf", questions_file=str(questions), output_file=str(output),
+        service_url=stub_service.url, max_questions=4, batch_size=2, max_new_tokens=16,
+    )  # fmt: skip
+    engine = HFEngine(str(tiny_model))
+    real_rewrite = worker.rewrite_lines
+
+    def die_after_the_append(path, rows):
+        raise Killed  # the records are in the output (fsynced); the spool still holds their groups
+
+    monkeypatch.setattr(worker, "rewrite_lines", die_after_the_append)
+    with pytest.raises(Killed):
+        run_rollouts(config, engine=engine)
+    first = [r["question_id"] for r in records_of(output)]
+    spool = tmp_path / "rollouts.jsonl.spool"
+    assert len(first) == 2 and {g["request"]["question_id"] for g in read_complete_lines(spool)} == set(first)
+
+    monkeypatch.setattr(worker, "rewrite_lines", real_rewrite)
+    summary = run_rollouts(config, engine=engine)
+    ids = [r["question_id"] for r in records_of(output)]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4 and ids[:2] == first
+    assert summary["records"] == 4 and summary["generated"] == 2 and summary["scored_from_earlier_spool"] == 0
+    assert read_complete_lines(spool) == []
 
 
 def test_a_service_outage_mid_run_loses_nothing(tiny_model, questions, tmp_path):
