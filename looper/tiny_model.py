@@ -13,6 +13,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+# Llama-3's layout: the template writes the BOS, and the tokenizer also adds one unless told not to
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
 
 
 def _corpus(n: int, seed: int) -> list[str]:
@@ -24,20 +31,39 @@ def _corpus(n: int, seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0, style: str = "chatml"):
+    """A byte-level BPE tokenizer: "chatml" (Qwen's layout, no BOS) or "llama3" (a BOS that the chat template
+    writes and the tokenizer's post-processor adds again by default, as Llama-3's does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if style not in ("chatml", "llama3"):
+        raise ValueError(f"unknown tokenizer style {style!r}: use chatml or llama3")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS if style == "chatml" else LLAMA3_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(400, seed), trainer=trainer)
+    if style == "llama3":
+        bos = "<|begin_of_text|>"
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=bos,
+            eos_token="<|eot_id|>",
+            pad_token="<|pad|>",
+            unk_token=None,
+            additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>"],
+        )
+        fast.chat_template = LLAMA3_TEMPLATE
+        return fast
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -59,14 +85,16 @@ def build_tiny_model(
     layers: int = 2,
     heads: int = 4,
     seed: int = 0,
+    tokenizer_style: str = "chatml",
 ) -> Path:
-    """Write a tokenizer and a random-weight `arch` ("llama" or "qwen2") model to out_dir; return it."""
+    """Write a tokenizer (`build_tokenizer`'s style) and a random-weight `arch` ("llama" or "qwen2") model to
+    out_dir; return it."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size, seed)
+    tokenizer = build_tokenizer(vocab_size, seed, tokenizer_style)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -77,7 +105,7 @@ def build_tiny_model(
         max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+        bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=False,
     )
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
@@ -194,9 +222,7 @@ def teach_format(
     model.train()
     for step in range(steps):
         batch = [texts[(step * batch_size + k) % len(texts)] for k in range(batch_size)]
-        enc = tokenizer(
-            batch, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=256
-        )
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = model(**enc, labels=labels).loss
         loss.backward()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from trainer.prompts import prompt_token_ids
+
 log = logging.getLogger("looper.engines")
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
@@ -210,12 +212,11 @@ class HFEngine:
             }
             if self.compile_config is not None:
                 tuned["compile_config"] = self.compile_config
-        batch = self.tokenizer(
-            [r.prompt for r in chunk],
+        batch = self.tokenizer.pad(
+            {"input_ids": prompt_token_ids([r.prompt for r in chunk], self.tokenizer)},
             return_tensors="pt",
             padding=True,
             pad_to_multiple_of=self.length_bucket if self.static_cache else None,
-            add_special_tokens=False,
         ).to(self.device)
         sampling = PerRowSampling(
             torch.tensor([r.temperature for r in chunk], device=self.device),
@@ -385,8 +386,15 @@ class VLLMEngine:
             )
             for r in requests
         ]
-        outputs = self.llm.generate([r.prompt for r in requests], params, lora_request=self.lora, use_tqdm=False)
+        prompts = vllm_token_prompts([r.prompt for r in requests], self.tokenizer)
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
+
+
+def vllm_token_prompts(prompts: list[str], tokenizer) -> list[dict]:
+    """vLLM's prompts for rendered prompt texts, as token ids: exactly the ids every other path feeds, whatever
+    vLLM's own tokenization defaults are."""
+    return [{"prompt_token_ids": ids} for ids in prompt_token_ids(prompts, tokenizer)]
 
 
 def resolve_engine_kind(kind: str) -> str:

@@ -1,6 +1,6 @@
 """Online RL for real: TRL GRPO/RLOO on a tiny model, rewards from the real service on 127.0.0.1."""
 
-import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -82,6 +82,16 @@ def test_a_few_steps_change_the_adapter_with_varied_rewards(algo, format_model, 
         assert any("beta" in row for row in logged)  # the adaptive KL controller ran
 
 
+def test_a_resumed_run_keeps_the_adapted_kl_beta(format_model, prompts_file, service_token, tmp_path):
+    config = rl_config(format_model, prompts_file, tmp_path / "kl", service_token, max_steps=2, save_steps=1,
+                       logging_steps=1, target_kl=0.001)  # fmt: skip
+    first = json.loads((run_rl(config) / "looper_manifest.json").read_text())
+    assert first["initial_beta"] == config.beta and first["final_beta"] != config.beta
+    resumed = json.loads((run_rl(dataclasses.replace(config, max_steps=3)) / "looper_manifest.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 3
+    assert resumed["initial_beta"] == first["final_beta"]
+
+
 def test_rl_on_an_sft_adapter_saves_one_adapter_over_the_base(format_model, prompts_file, service_token, tmp_path):
     """Trained on an SFT adapter: the saved adapter folds SFT + RL over the base, the bare RL LoRA is kept."""
     from trainer.sft import SFTStageConfig, run_sft
@@ -117,7 +127,7 @@ def test_groups_are_scored_whole_and_rewards_come_back_in_order(regime_w_service
     logged = {}
     for mode in ("regime_w", "correctness", "label_free"):
         reward = ServiceReward(config, mode)
-        rewards = asyncio.run(reward(None, texts, ids, questions, golds, log_metric=logged.__setitem__))
+        rewards = reward(None, texts, ids, questions, golds, log_metric=logged.__setitem__)
         logged[mode] = rewards
     w = ScoringWeights()
     assert logged["correctness"] == [w.correct_base, w.incorrect_base, w.correct_base, w.correct_base, w.incorrect_base]
@@ -161,6 +171,41 @@ def test_a_group_split_across_two_processes_is_scored_whole(tiny_model, prompts_
     logged = [json.loads(line) for line in (out / "rewards.jsonl").read_text().splitlines()]
     assert len(logged) == 2
     assert all(row["completions"] == 4 and row["groups"] == 1 and row["min_group_size"] == 4 for row in logged)
+
+
+RANK_SCRIPT = """
+import json, sys
+from accelerate import PartialState
+from rollout_worker.client import ClientConfig
+from trainer.rl import ServiceReward
+
+state = PartialState(cpu=True)  # as TRL's trainer sets it up on CPU (use_cpu): gloo
+url, token, out = sys.argv[1:4]
+# one question, gold 42: rank 0 holds a right then a wrong answer, rank 1 a wrong then a right one
+texts = [["Answer: 42", "Answer: 41"], ["Answer: 40", "Answer: 42"]][state.process_index]
+reward = ServiceReward(ClientConfig(url=url, token=token), "correctness")
+rewards = reward(None, texts, ["q"] * 2, ["6 * 7?"] * 2, ["42"] * 2)
+with open(f"{out}/rank{state.process_index}.json", "w") as f:
+    json.dump({"rewards": rewards}, f)
+state.wait_for_everyone()
+state.destroy_process_group()  # a gloo group left alive aborts the process at exit
+"""
+
+
+def test_each_rank_gets_the_rewards_of_its_own_completions(stub_service, tmp_path):
+    """2 ranks (gloo) score one group together; rank k must get rank k's slice back, in its own order."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)]
+    args += [stub_service.url, stub_service.token, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    w = ScoringWeights()
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
+    assert ranks[0]["rewards"] == [w.correct_base, w.incorrect_base]
+    assert ranks[1]["rewards"] == [w.incorrect_base, w.correct_base]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +269,7 @@ def test_robustness_comes_back_in_completion_order_and_modulates_without_a_sign_
     reward = ServiceReward(
         ClientConfig(url=v2_service.url, token=v2_service.token), "correctness", scorer="regime_w_v2"
     )
-    rewards = asyncio.run(reward(None, texts, ids, questions, golds))
+    rewards = reward(None, texts, ids, questions, golds)
     assert rewards == [1.0, 1.0, 1.0, -0.5, 1.0, -0.5]  # correctness rewards; u travels beside them
     u = reward.last_robustness
     assert len(u) == 6 and u[3] == u[5] == 0.0 and u[2] == 0.0  # wrong answers, a group with one right answer

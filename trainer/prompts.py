@@ -13,11 +13,33 @@ _FINAL = re.compile(r"\n?####\s*(.+?)\s*$")
 
 
 def render_chat(system: str, user: str, tokenizer) -> str:
-    """The text a model sees before it answers: its chat template, or a plain Problem/Solution layout."""
+    """The text a model sees before it answers (its chat template, or a plain Problem/Solution layout), less a
+    leading BOS that the tokenizer adds by itself.
+
+    One rule for every path: this text is tokenized the tokenizer's default way (`prompt_token_ids`), which is
+    what TRL's SFT, DPO, GRPO and RLOO trainers and vLLM do with a text prompt. A Llama-3 template writes
+    `<|begin_of_text|>` and its tokenizer adds another: kept in the text, every path would feed `<bos><bos>`.
+    """
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"{system}\n\n{user}\n\nSolution:\n"
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{system}\n\n{user}\n\nSolution:\n"
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and adds_bos(tokenizer):
+        return text[len(bos) :]
+    return text
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS in front of a text by default."""
+    return tokenizer.bos_token_id is not None and tokenizer("1")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
+def prompt_token_ids(prompts: list[str], tokenizer) -> list[list[int]]:
+    """The token ids a model is given for rendered prompts (`render_chat`): the tokenizer's default tokenization,
+    the same ids on every path (SFT, DPO, RL, the HF and vLLM engines)."""
+    return tokenizer(prompts)["input_ids"]
 
 
 def build_prompt(question: str, tokenizer) -> str:

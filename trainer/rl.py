@@ -214,7 +214,12 @@ def group_sizes(results: list[ScoreResponse]) -> dict[str, int]:
 
 
 class ServiceReward:
-    """TRL reward function (async): every prompt's group scored by the service as one group."""
+    """TRL reward function: every prompt's group scored by the service as one group.
+
+    Synchronous on purpose: TRL calls a synchronous reward function in the training thread, where each rank's
+    CUDA device is current, so the gather and broadcast across ranks run on the right device. (TRL runs an
+    async reward function on an event-loop thread of its own, where the current device is cuda:0 on every
+    rank; collectives from such a thread are also known to hang, pytorch#115861.)"""
 
     def __init__(
         self,
@@ -227,15 +232,13 @@ class ServiceReward:
         self.client_config, self.mode, self.log_path, self.chunk = client_config, mode, log_path, chunk
         self.scorer = scorer
         self.__name__ = mode  # TRL names the logged reward column after this
-        self._client: ServiceClient | None = None
         self.last_robustness: list[float] = []  # this process's completions of the last call, in order
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
-        if self._client is None:  # created on the loop that calls it (TRL's daemon loop), reused after
-            self._client = ServiceClient(self.client_config)
         chunks = [requests[i : i + self.chunk] for i in range(0, len(requests), self.chunk)]
         try:
-            scored = await asyncio.gather(*(self._client.score_batch(c) for c in chunks))
+            async with ServiceClient(self.client_config) as client:
+                scored = await asyncio.gather(*(client.score_batch(c) for c in chunks))
         except (ServiceUnavailable, ServiceError) as exc:
             raise RewardServiceFailure(
                 f"{exc}. Stopping the run rather than training on missing rewards; "
@@ -262,7 +265,7 @@ class ServiceReward:
         except (ServiceUnavailable, ServiceError) as exc:
             raise RewardServiceFailure(f"the reward service, checked before training: {exc}") from None
 
-    async def __call__(self, prompts, completions, question_id, question, gold_answer, log_metric=None, **kwargs):
+    def __call__(self, prompts, completions, question_id, question, gold_answer, log_metric=None, **kwargs):
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list, gather_object
 
@@ -274,7 +277,7 @@ class ServiceReward:
         if state.is_main_process:
             ids, questions, golds, texts = (list(column) for column in zip(*everyone, strict=True))
             requests, placement = group_requests(ids, questions, golds, texts, self.mode)
-            results = await self.score(requests)
+            results = asyncio.run(self.score(requests))
             rewards = rewards_from(results, placement, self.mode)
             robustness = robustness_from(results, placement)
             payload = [(rewards, robustness, batch_metrics(results, rewards, self.mode), group_sizes(results))]
@@ -340,8 +343,19 @@ def adaptive_kl_callback(target: float, horizon: int):
             error = max(-0.2, min(0.2, logs["kl"] / target - 1.0))
             self.trainer.beta *= 1.0 + error * args.logging_steps / horizon
             logs["beta"] = self.trainer.beta
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                # kept in the trainer state, so every checkpoint holds the beta to resume with
+                state.log_history[-1]["beta"] = self.trainer.beta
 
     return AdaptiveKL()
+
+
+def resumed_beta(checkpoint: str | None) -> float | None:
+    """The adaptive KL beta a checkpoint was saved with (None: no checkpoint, or no beta logged yet)."""
+    if checkpoint is None:
+        return None
+    history = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("log_history", [])
+    return next((row["beta"] for row in reversed(history) if "beta" in row), None)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -426,9 +440,11 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         peft_config=lora_config(config),
         callbacks=extra,
     )
+    resume = last_complete_checkpoint(checkpoints)
     if kl_control is not None:
         kl_control.trainer = trainer
-    resume = last_complete_checkpoint(checkpoints)
+        trainer.beta = resumed_beta(resume) or trainer.beta  # a resumed run goes on with the adapted beta
+    initial_beta = getattr(trainer, "beta", None)
     result = trainer.train(resume_from_checkpoint=resume)
 
     assert_finite_weights(trainer.model)
@@ -443,6 +459,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "nonfinite_skipped": guard.skipped,
+        "initial_beta": initial_beta,
         "final_beta": getattr(trainer, "beta", None),
         "resumed_from": resume,
         "adapter_fold": fold,
