@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # cuBLAS reads it once, at its first use: set before any stage touches the GPU, so an eval later in the same
+    # process (a pipeline's, after SFT) gets reproducible reductions
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from rollout_worker.client import ServiceError, ServiceUnavailable

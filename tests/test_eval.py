@@ -125,6 +125,7 @@ def test_eval_writes_per_question_rows_and_a_summary_and_reruns_identically(form
     assert summary["engine"] == "hf" and summary["dtype"] == "float32" and summary["max_batch_size"] == 4
     assert summary["completion_tokens"]["total"] == sum(r["completion_tokens"] for r in rows)
     assert summary["seconds"] > 0 and summary["questions_per_second"] > 0
+    assert summary["deterministic"] and summary["nondeterministic_ops"] == []  # no op fell back to a warning
 
     repeat = summary["repeat"]  # fp32 on CPU with a fixed batch composition: no noise at all
     assert repeat["runs"] == 2 and repeat["outputs_differ"] == 0 and repeat["strict"]["noise_floor_points"] == 0
@@ -160,6 +161,11 @@ def test_an_interrupted_eval_resumes_skipping_done_ids(format_model, format_engi
 
     with pytest.raises(DataError, match="max_new_tokens"):
         run_eval(eval_config(format_model, out, max_new_tokens=16), engine=format_engine)
+    settings = json.loads((out / "eval_settings.json").read_text())
+    for key, other in (("versions", {**settings["versions"], "torch": "0.0"}), ("device", "another GPU")):
+        (out / "eval_settings.json").write_text(json.dumps({**settings, key: other}))
+        with pytest.raises(DataError, match=key):  # other kernels: the finished rows would not be comparable
+            run_eval(eval_config(format_model, out), engine=format_engine)
 
 
 @needs_platinum

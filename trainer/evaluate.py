@@ -7,9 +7,13 @@ service uses (shared_schemas.answers), generation goes through the rollout engin
 Determinism: batched greedy decoding still depends on which prompts share a batch (padding, kernel
 choice), so the batch composition is fixed for a given data set: all prompts are sorted by length once,
 cut into chunks, and a chunk is always generated whole, also when a resumed run needs only part of it.
-Deterministic torch kernels, no TF32, no cuDNN attention (not deterministic, and silent about it) and
-fixed seeds are switched on for the run (and restored after), and
-`repeat: 2` runs the whole eval again and records how many answers differ: the measured noise floor.
+Deterministic torch kernels where torch has them, no TF32, no cuDNN attention (not deterministic, and silent
+about it) and fixed seeds are switched on for the run (and restored after); an op with no deterministic kernel
+only warns, and the summary names each such op (`nondeterministic_ops`, empty when the claim holds). cuBLAS's
+reproducible workspace is set when `looper` starts, before any stage uses the GPU. On vLLM, batch invariance
+(`VLLM_BATCH_INVARIANT`) stands in for torch's switches. A resumed eval must match the settings, the GPU model
+and the library versions it was started with. `repeat: 2` runs the whole eval again and records how many
+answers differ: the measured noise floor.
 
 Output dir: `predictions.jsonl` (one line per question, appended chunk by chunk, so an interrupted eval
 resumes), `predictions.repeat-K.jsonl` for repeats, `metrics.jsonl` (per chunk timing), `summary.json`.
@@ -31,6 +35,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +64,7 @@ SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
 RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
+RESUME_KEYS += ("vllm_batch_invariant", "device", "versions")  # other kernels, other GPU or library: other answers
 # settings every model evaluated in one shared engine must have alike: they build the engine or the run around it
 SHARED_KEYS = ("engine", "dtype", "seed", "deterministic", "vllm_batch_invariant", "tensor_parallel_size")
 SHARED_KEYS += ("data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
@@ -200,8 +206,15 @@ def deterministic_torch(seed: int, enabled: bool = True):
     if not enabled:
         yield
         return
-    # cuBLAS needs this before its first use to pick reproducible reductions
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # cuBLAS reads this once, at its first use: `looper` sets it when it starts (looper/cli.py), since in a
+    # pipeline SFT has used cuBLAS long before the eval; set here too late, it would change nothing
+    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            log.warning(
+                "CUBLAS_WORKSPACE_CONFIG was not set before CUDA started in this process, so cuBLAS reductions "
+                "may not be reproducible: set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting it"
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -475,7 +488,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
     }
     if shared_engine is not None:
         meta["shared_engine"] = shared_engine
-    _check_settings(out, {**{k: v for k, v in meta.items() if k != "versions"}, **info, **dataclasses.asdict(config)})
+    _check_settings(out, {**meta, **info, **dataclasses.asdict(config)})
     prompts = [build_prompt(r["question"], engine.tokenizer) for r in records]
     plan = chunk_plan(prompts, config.chunk_size)
     log.info(
@@ -488,11 +501,19 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
         config.chunk_size,
     )
     runs = []
-    with deterministic_torch(config.seed, torch_deterministic):
+    # deterministic mode only warns where an op has no deterministic kernel: those warnings are recorded, so
+    # the summary says which ops (if any) made the answers depend on more than the settings
+    with deterministic_torch(config.seed, torch_deterministic), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for run in range(1, config.repeat + 1):
             runs.append(
                 run_once(engine, config, records, prompts, plan, predictions_path(out, run), out / METRICS, run)
             )
+    meta["nondeterministic_ops"] = sorted(
+        {str(w.message).split("\n")[0] for w in caught if "deterministic" in str(w.message)}
+    )
+    for message in meta["nondeterministic_ops"]:
+        log.warning("not deterministic in this eval: %s", message)
     summary = build_summary(config, info, runs, read_complete_lines(out / METRICS), meta)
     _write_json(out / SUMMARY, summary)
     if summary["truncated"] > 0.05 * summary["questions"]:
