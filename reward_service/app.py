@@ -8,11 +8,13 @@ import json
 import logging
 import re
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,6 +38,7 @@ from shared_schemas.models import (
     ScoreResponse,
     ScorersResponse,
     Trajectory,
+    gold_text,
 )
 
 log = logging.getLogger("looper.service")
@@ -127,8 +130,32 @@ def replay_body(body: bytes, receive):
     return replay
 
 
+class _NonStandardConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NonStandardConstant(name)
+
+
+def nonstandard_json(body: bytes) -> str | None:
+    """Why `body` is not standard JSON, when it uses a constant only Python's json module reads (NaN, Infinity,
+    -Infinity: `json.dumps` writes them by default, so a client bug sends them); None otherwise. Bodies without
+    those letters (all but a few) are not parsed here."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return None
+    try:
+        json.loads(body, parse_constant=_refuse_constant)
+    except _NonStandardConstant as exc:
+        return f"request body is not standard JSON: {exc.args[0]} is not a JSON value (send a finite number or null)"
+    except (ValueError, RecursionError):
+        return None  # not JSON at all: the route answers 422 for that
+    return None
+
+
 class BodySizeLimit:
-    """Reads the body before the app does and answers 413 past the limit, declared or streamed."""
+    """Reads the body before the app does: 413 past the size limit (declared or streamed), 422 for a body that
+    uses JSON's non-standard constants, so neither the fast path nor FastAPI ever parses one."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -150,18 +177,46 @@ class BodySizeLimit:
                 return await self._too_large(send)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        await self.app(scope, replay_body(b"".join(chunks), receive), send)
+        body = b"".join(chunks)
+        if (reason := nonstandard_json(body)) is not None:
+            return await _send_error(send, 422, reason)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _too_large(self, send):
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 413, f"request body larger than {self.max_bytes} bytes")
+
+
+async def _send_error(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_safe(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def validation_errors(errors) -> list[dict]:
+    """FastAPI's 422 detail, each error's `input` and `ctx` kept only where they are plain JSON: an error answer
+    never echoes what it cannot serialise (a NaN, an exception object)."""
+    cleaned = []
+    for error in errors:
+        item = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+        for key in ("input", "ctx"):
+            if key in error and _json_safe(error[key]):
+                item[key] = error[key]
+        cleaned.append(item)
+    return cleaned
 
 
 class ScoringFastPath:
@@ -265,7 +320,7 @@ def openrlhf_groups(
     """
     members: dict[tuple[str, str | None], list[int]] = {}
     for i, (prompt, label) in enumerate(zip(request.prompts, request.labels, strict=True)):
-        gold = None if label is None or (isinstance(label, str) and not label.strip()) else str(label)
+        gold = None if label is None or (isinstance(label, str) and not label.strip()) else gold_text(label)
         members.setdefault((prompt, gold), []).append(i)
     if len(members) > settings.max_batch_groups:
         raise HTTPException(
@@ -359,6 +414,19 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         if exc.status_code == 400:
             return JSONResponse({"detail": "request body is not valid JSON (UTF-8 expected)"}, status_code=422)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError) -> Response:
+        # ASCII-escaped, so a lone surrogate in an echoed input is still valid JSON
+        body = json.dumps({"detail": validation_errors(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception) -> Response:
+        """The last resort: a generic answer with an id to find the traceback by in the log, never internals."""
+        request_id = uuid.uuid4().hex[:16]
+        log.error("internal error %s on %s %s", request_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
 
     async def run_scorer(groups: list[ScoreRequest]) -> list[ScoreResponse]:
         if not state["ready"]:

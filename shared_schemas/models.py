@@ -6,9 +6,10 @@ malformed or oversized request fails validation (HTTP 422) before any work is do
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Hard caps of the contract. A service may enforce tighter limits of its own (its settings).
 MAX_ID_CHARS = 128
@@ -93,17 +94,36 @@ class Trajectory(Strict):
     text: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+# A gold answer given as a JSON number: an integer or a finite decimal, read as its decimal text
+GoldNumber = (
+    Annotated[int, Field(strict=True, ge=-(10**15), le=10**15)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e15, le=1e15)]
+)
+
+
+def gold_text(value: str | int | float | None) -> str | None:
+    """A gold answer as text: a number in plain decimal notation (12, 12.5, never 1e+20), a string as it is."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    return format(Decimal(repr(value)), "f")
+
+
 class ScoreRequest(Strict):
     """One question's group of trajectories."""
 
     question_id: QuestionId
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    gold_answer: str | None = Field(
+    gold_answer: Annotated[str, Field(max_length=MAX_GOLD_CHARS)] | GoldNumber | None = Field(
         default=None,
-        max_length=MAX_GOLD_CHARS,
-        description="A full GSM8K solution ending in '#### N' or a bare number; null scores label-free.",
+        description="A full GSM8K solution ending in '#### N', a bare number as a string, or a JSON number "
+        "(integer or finite decimal, read as its decimal text); null scores label-free.",
     )
     trajectories: list[Trajectory] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
+
+    @field_validator("gold_answer", mode="after")
+    @classmethod
+    def _gold_as_text(cls, value):
+        return gold_text(value)
 
 
 class BatchScoreRequest(Strict):
