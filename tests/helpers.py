@@ -1,7 +1,15 @@
-"""Shared test pieces: hand-made scored rollouts (prefs, RFT) and the loss SFT-style stages optimise."""
+"""Shared test pieces: hand-made scored rollouts (prefs, RFT), the loss SFT-style stages optimise, the app in-process."""
 
+import threading
+import time
+
+import httpx
 import torch
+import uvicorn
 
+from looper.local_service import free_port
+from reward_service.app import create_app
+from reward_service.settings import ServiceSettings
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
 
 
@@ -46,3 +54,31 @@ def completion_loss(model, tokenizer, rows) -> float:
         with torch.no_grad():
             losses.append(model(input_ids=torch.tensor([prompt + target]), labels=labels).loss.item())
     return sum(losses) / len(losses)
+
+
+class InProcessService:
+    """The real app under uvicorn in a thread of the test process (where a test must reach inside it: a scorer
+    of its own, a patched LaTeX pool); open, on a free port."""
+
+    def __init__(self, scorer=None, **settings):
+        self.app = create_app(ServiceSettings(require_auth=False, **settings), scorer=scorer)
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service never became ready"
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

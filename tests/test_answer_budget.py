@@ -13,14 +13,11 @@ from decimal import Decimal
 
 import httpx
 import pytest
-import uvicorn
+from helpers import InProcessService
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from looper.local_service import free_port
 from looper.samples import sample_group
-from reward_service.app import create_app
-from reward_service.settings import ServiceSettings
 from shared_schemas import latex
 from shared_schemas.answers import AnswerReading, read_answer
 from shared_schemas.latex import AnswerTimeout, LatexPool, answer_budget, within_work_bound
@@ -88,31 +85,6 @@ def test_without_a_budget_an_answer_times_out_on_its_own_deadline(pool, unbounde
 
 
 # ---- the real app under uvicorn: poison bodies, /healthz while they are scored, and the request after
-
-
-class InProcessService:
-    def __init__(self, **settings):
-        self.app = create_app(ServiceSettings(require_auth=False, **settings))
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service never became ready"
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def poison_group(question_id: str, lines: int = 1) -> dict:

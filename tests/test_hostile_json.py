@@ -13,7 +13,9 @@ import json
 import random
 import time
 
+import httpx
 import pytest
+from helpers import InProcessService
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -204,3 +206,31 @@ def test_after_the_fuzz_the_service_is_healthy_and_never_answered_5xx(client, re
     assert client.get("/healthz").status_code == 200
     assert client.post("/v1/score", json=VALID["/v1/score"]).status_code == 200
     assert "Traceback" not in regime_w_service.log()
+
+
+class BrokenScorer:
+    """The stub scorer with a bug in score(): what the last-resort handler is for."""
+
+    def __init__(self):
+        from reward_service.settings import ServiceSettings
+        from reward_service.stub import StubScorer
+
+        self._stub = StubScorer(ServiceSettings(stub=True, require_auth=False))
+        self.name, self.version, self.path_mode, self.arms = "broken", "broken-1", "none", self._stub.arms
+
+    def __getattr__(self, name):
+        return getattr(self._stub, name)
+
+    def score(self, groups):
+        raise RuntimeError("secret internals of a bug")
+
+
+def test_an_unexpected_failure_answers_a_generic_500_with_an_id_to_find_it_by(caplog):
+    with InProcessService(scorer=BrokenScorer()) as service, caplog.at_level("ERROR", logger="looper.service"):
+        response = httpx.post(f"{service.url}/v1/score", json=VALID["/v1/score"], timeout=30)
+    assert response.status_code == 500
+    answer = response.json()
+    assert answer["detail"] == "internal error" and len(answer["request_id"]) == 16
+    assert "secret" not in response.text and "Traceback" not in response.text
+    logged = [r for r in caplog.records if answer["request_id"] in r.getMessage()]
+    assert logged and "secret internals" in str(logged[0].exc_info[1])
