@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import json
 import logging
 import os
@@ -65,11 +67,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not settings.require_auth:
         logging.getLogger("looper").warning("serving WITHOUT authentication (--insecure-no-auth)")
     server = {"log_level": args.log_level, "access_log": args.access_log, "timeout_graceful_shutdown": 10}
-    if args.workers > 1:
-        from reward_service.workers import serve_workers
+    from reward_service.workers import bind_socket, serve_workers
 
-        raise SystemExit(serve_workers(lambda: create_app(settings), args.workers, args.host, args.port, **server))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, **server)
+    try:
+        if args.workers > 1:
+            raise SystemExit(serve_workers(lambda: create_app(settings), args.workers, args.host, args.port, **server))
+        # bound here, not by uvicorn, so a taken port is one clear line (uvicorn logs errno 98 and exits 3)
+        sock = bind_socket(args.host, args.port, reuse_port=False)
+    except OSError as exc:
+        raise SystemExit(f"looper serve: cannot listen on {args.host}:{args.port}: {port_problem(exc)}") from None
+    uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port, **server)).run(sockets=[sock])
+
+
+def port_problem(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is already in use (another looper serve?): stop that process or pass another --port"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges): pass --port 1024 or above"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface has that address: pass --host 127.0.0.1 or 0.0.0.0"
+    return exc.strerror or str(exc)
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -236,64 +253,80 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--stub", action="store_true", help="public stub scorer: correctness only, generic arms")
     p.add_argument(
         "--scorer",
         choices=SCORER_NAMES,
         default=DEFAULT_SCORER,
-        help="the closed service's scorer (GET /v1/scorers describes each; default: %(default)s)",
+        help="the closed service's scorer (GET /v1/scorers describes each)",
     )
     p.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token")
     p.add_argument("--token-file", help=f"file holding the bearer token (default: ${TOKEN_ENV})")
-    p.add_argument("--path-mode", choices=["lexical", "embedding"], default="lexical")
+    p.add_argument(
+        "--path-mode",
+        choices=["lexical", "embedding"],
+        default="lexical",
+        help="s_path from token overlap or sentence embeddings",
+    )
     p.add_argument("--embedding-model", help="sentence-transformers dir or hub id (default: installed MiniLM)")
-    p.add_argument("--embedding-device", default="cpu")
+    p.add_argument("--embedding-device", default="cpu", help="device of the embedding model")
     p.add_argument("--weights", help="YAML/JSON file overriding scoring weights")
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
-    p.add_argument("--max-group-size", type=int, default=64)
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger bodies get 413")
+    p.add_argument("--max-group-size", type=int, default=64, help="more trajectories in a group get 422")
     p.add_argument(
         "--answer-budget",
         type=float,
         default=5.0,
         metavar="SECONDS",
         help="LaTeX answer evaluation time per request, over all its answers; past it an answer reads as none "
-        "and says answer_timeout (default: %(default)s)",
+        "and says answer_timeout",
     )
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True, help="log every request")
     p.add_argument(
         "--workers", type=_positive_int, default=1, help="service processes sharing the port (one core each)"
     )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default where it has one (a config field's help says its own)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="looper", description="Regime W reward service and training clients.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
 
     serve = sub.add_parser("serve", help="run the reward service")
     add_serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     schema = sub.add_parser("schema", help="export the JSON Schemas of the shared contract")
-    schema.add_argument("--out", default="schemas")
+    schema.add_argument("--out", default="schemas", help="folder for the *.schema.json files")
     schema.set_defaults(func=cmd_schema)
 
     demo = sub.add_parser("demo", help="start the service on 127.0.0.1, score a sample group, stop it")
-    demo.add_argument("--stub", action="store_true")
+    demo.add_argument("--stub", action="store_true", help="the public stub scorer")
     demo.add_argument("--port", type=int, default=0, help="0 picks a free port")
     demo.set_defaults(func=cmd_demo)
     data = sub.add_parser("data", help="prepare GSM8K train/dev, GSM8K-Platinum and generated problems as JSONL")
-    data.add_argument("--out", default="data")
+    data.add_argument("--out", default="data", help="output folder")
     data.add_argument("--gsm8k", help="hub id (openai/gsm8k) or a folder with train.jsonl / a JSONL file")
     data.add_argument("--platinum", help="hub id (madrylab/gsm8k-platinum) or a folder with test.jsonl / a JSONL file")
     data.add_argument("--generated", type=int, default=0, help="N generated training problems")
     data.add_argument("--generated-eval", type=int, default=0, help="N held-out generated problems")
     data.add_argument("--generated-min-steps", type=int, default=1, help="generated problems take at least K steps")
     data.add_argument("--generated-max-steps", type=int, default=6, help="generated problems take at most K steps")
-    data.add_argument("--dev-fraction", type=float, default=0.2)
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--dev-fraction", type=float, default=0.2, help="share of GSM8K train held out as dev")
+    data.add_argument("--seed", type=int, default=0, help="seed of the train/dev split")
     data.set_defaults(func=cmd_data)
 
     from looper.config import add_config_args
@@ -341,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--names", help="comma-separated labels, one per run (default: each eval's name)")
     compare.add_argument("--mode", choices=["strict", "flexible"], default="strict", help="answer extraction tested")
     compare.add_argument("--bootstrap", type=_positive_int, default=10_000, help="paired bootstrap resamples")
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--alpha", type=float, default=0.05)
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the intervals and tests")
     compare.set_defaults(func=cmd_compare)
 
     seeds = sub.add_parser(
@@ -398,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(func=cmd_pipeline)
 
     convert = sub.add_parser("convert", help="save any model source (e.g. a .gguf file) as a safetensors dir")
-    convert.add_argument("--model", required=True)
-    convert.add_argument("--output-dir", required=True)
-    convert.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    convert.add_argument("--model", required=True, help="model source: a .gguf file, a safetensors dir or a hub id")
+    convert.add_argument("--output-dir", required=True, help="folder to save the model in")
+    convert.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="weights dtype"
+    )
     convert.set_defaults(func=cmd_convert)
 
     merge = sub.add_parser("merge", help="fold a LoRA adapter into a full checkpoint, verified by logits")

@@ -37,6 +37,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls, repeatable: tuple[str,
         flag = "--" + field.name.replace("_", "-")
         kind = _scalar_type(hints[field.name])
         doc = field.metadata.get("help", "")
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if default is not dataclasses.MISSING and "default" not in doc:  # flags default to None: say the field's
+            doc = f"{doc} (default: {default})".strip()
         if field.name in repeatable:
             parser.add_argument(flag, dest=field.name, action="append", default=None, help=doc)
         elif kind is bool:

@@ -81,3 +81,65 @@ def test_data_command_keeps_generated_problems_to_the_step_range(tmp_path):
     assert len(rows) == 20 and all(r["answer"].count("\n") == 1 for r in rows)  # one step, then '#### N'
     result = run_looper("data", "--out", str(tmp_path), "--generated", "5", "--generated-min-steps", "7")
     assert result.returncode != 0 and "no template makes 7-6 steps" in result.stderr
+
+
+def test_a_taken_port_is_one_clear_line_and_a_non_zero_exit():
+    with local_service(stub=True, token=None) as taken:
+        port = taken.url.rsplit(":", 1)[1]
+        for workers in ("1", "2"):
+            result = run_looper("serve", "--stub", "--insecure-no-auth", "--port", port, "--workers", workers)
+            assert result.returncode != 0
+            assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.stderr
+            assert "pass another --port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_option_shows_its_default():
+    from looper.cli import DefaultsHelpFormatter, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert len(commands) >= 15
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                shown = DefaultsHelpFormatter(name)._get_help_string(action)
+                assert "default" in shown, f"looper {name} {action.option_strings[0]}: {shown!r}"
+    # the training commands' flags default to None (a config file may set them): each says its field's default
+    help_text = run_looper("rollouts", "--help").stdout
+    assert "(default: 600.0)" in " ".join(help_text.split())  # --service-wait-s, the issue's example
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_exits_promptly():
+    import signal
+    import socket
+    import time
+
+    body = (
+        ScoreRequest(
+            question_id="q",
+            question="2 + 2?",
+            gold_answer="4",
+            trajectories=[Trajectory(arm_name="a", text="Answer: 4")],
+        )
+        .model_dump_json()
+        .encode()
+    )
+    with local_service(stub=True, token=None) as service:
+        host, port = service.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body[:10])  # the request is in flight: half its body sent
+            time.sleep(0.5)
+            stopping = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[10:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b'"correct":true' in answer
+        service.process.wait(timeout=15)
+        assert time.monotonic() - stopping < 12  # the README's bound: 10 s for requests in flight
