@@ -13,15 +13,19 @@ merges their files (`rollout_worker/parallel.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceUnavailable
 from rollout_worker.engines import Engine, GenerationRequest, make_engine
@@ -204,8 +208,11 @@ class RolloutRun:
                 build_record(g, r, self.config.model, self.engine.name) for g, r in zip(chunk, results, strict=True)
             ]
             append_lines(self.output, [r.model_dump_json() for r in records])
-            self.finished.update(r.question_id for r in records)
-            rewrite_lines(self.spool, [json.dumps(g) for g in pending[len(chunk) :]])
+            scored_ids = {r.question_id for r in records}
+            self.finished |= scored_ids
+            # read again: generation may have spooled more groups while these were scored
+            left = [g for g in read_complete_lines(self.spool) if g["request"]["question_id"] not in scored_ids]
+            rewrite_lines(self.spool, [json.dumps(g) for g in left])
             scored += len(records)
         return scored
 
@@ -246,57 +253,42 @@ class RolloutRun:
                 prompts[qp.question_id] = {p.arm_name: (p.system, p.user) for p in qp.prompts}
 
         tokens, generate_seconds, started = 0, 0.0, time.monotonic()
-        bar = tqdm(total=len(todo), desc="rollouts", unit="q")
-        for start in range(0, len(todo), self.config.batch_size):
-            batch = todo[start : start + self.config.batch_size]
-            requests, layout = self.groups_for(batch, prompts, arms)
-            t0 = time.monotonic()
-            generations = self.engine.generate(requests)
-            gen_seconds = time.monotonic() - t0
-            generate_seconds += gen_seconds
-            groups: dict[str, dict] = {}
-            for (q, arm, max_new), gen in zip(layout, generations, strict=True):
-                group = groups.setdefault(
-                    q["id"],
-                    {
-                        "request": {
-                            "question_id": q["id"],
-                            "question": q["question"],
-                            "gold_answer": None if self.config.label_free else q["answer"],
-                            "trajectories": [],
-                        },
-                        "meta": [],
-                    },
-                )
-                group["request"]["trajectories"].append(Trajectory(arm_name=arm.name, text=gen.text).model_dump())
-                sampling = {
-                    "temperature": arm.temperature,
-                    "top_p": arm.top_p,
-                    "seed": arm.seed,
-                    "max_new_tokens": max_new,
-                }
-                group["meta"].append({"completion_tokens": gen.completion_tokens, "sampling": sampling})
-            append_lines(self.spool, [json.dumps(g) for g in groups.values()])
-            batch_tokens = sum(g.completion_tokens for g in generations)
-            tokens += batch_tokens
-            await self.score_spool(wait=False)
-            elapsed = time.monotonic() - started
-            bar.update(len(batch))
-            bar.set_postfix(q_per_s=f"{bar.n / elapsed:.2f}", tok_per_s=f"{tokens / elapsed:.0f}")
-            append_lines(
-                self.metrics,
-                [
-                    json.dumps(
-                        {
-                            "questions": len(batch),
-                            "trajectories": len(generations),
-                            "completion_tokens": batch_tokens,
-                            "generate_seconds": round(gen_seconds, 3),
-                            "tokens_per_second": round(batch_tokens / max(gen_seconds, 1e-9), 1),
-                        }
-                    )
-                ],
-            )
+        # a progress bar on a terminal, with log lines written above it; plain progress lines in a log file
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=len(todo), desc="rollouts", unit="q", disable=not interactive)
+        redirect = logging_redirect_tqdm() if interactive else contextlib.nullcontext()
+        # Generation runs in one thread of its own while the spool is scored on this loop: a slow or down
+        # service (retries, backoff) never holds up the engine. Groups are spooled before any scoring.
+        generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        loop = asyncio.get_running_loop()
+
+        def generate(requests):
+            return loop.run_in_executor(generator, self.engine.generate, requests)
+
+        scoring: asyncio.Task | None = None
+        with redirect:
+            try:
+                for start in range(0, len(todo), self.config.batch_size):
+                    batch = todo[start : start + self.config.batch_size]
+                    batch_tokens, seconds = await self._generate_batch(batch, prompts, arms, generate)
+                    tokens, generate_seconds = tokens + batch_tokens, generate_seconds + seconds
+                    if scoring is None or scoring.done():
+                        if scoring is not None:
+                            scoring.result()  # a scoring failure other than an outage stops the run
+                        scoring = asyncio.create_task(self.score_spool(wait=False))
+                    elapsed = time.monotonic() - started
+                    bar.update(len(batch))
+                    bar.set_postfix(q_per_s=f"{bar.n / elapsed:.2f}", tok_per_s=f"{tokens / elapsed:.0f}")
+                    if not interactive:
+                        done = start + len(batch)
+                        log.info("rollouts: %d/%d questions, %.2f q/s, %.0f tok/s", done, len(todo), done / elapsed,
+                                 tokens / elapsed)  # fmt: skip
+                if scoring is not None:
+                    await scoring
+            finally:
+                if scoring is not None and not scoring.done():
+                    scoring.cancel()
+                generator.shutdown(wait=True)
         bar.close()
         await self.score_spool(wait=True)
         return {
@@ -306,6 +298,43 @@ class RolloutRun:
             "completion_tokens": tokens,
             "generate_seconds": round(generate_seconds, 3),
         }
+
+    async def _generate_batch(self, batch, prompts, arms, generate) -> tuple[int, float]:
+        """Every arm of a batch of questions generated (`generate` runs the engine in its thread) and spooled;
+        returns the completion tokens and the seconds generation took."""
+        requests, layout = self.groups_for(batch, prompts, arms)
+        t0 = time.monotonic()
+        generations = await generate(requests)
+        seconds = time.monotonic() - t0
+        groups: dict[str, dict] = {}
+        for (q, arm, max_new), gen in zip(layout, generations, strict=True):
+            group = groups.setdefault(
+                q["id"],
+                {
+                    "request": {
+                        "question_id": q["id"],
+                        "question": q["question"],
+                        "gold_answer": None if self.config.label_free else q["answer"],
+                        "trajectories": [],
+                    },
+                    "meta": [],
+                },
+            )
+            group["request"]["trajectories"].append(Trajectory(arm_name=arm.name, text=gen.text).model_dump())
+            sampling = {"temperature": arm.temperature, "top_p": arm.top_p, "seed": arm.seed, "max_new_tokens": max_new}
+            group["meta"].append({"completion_tokens": gen.completion_tokens, "sampling": sampling})
+        append_lines(self.spool, [json.dumps(g) for g in groups.values()])
+        tokens = sum(g.completion_tokens for g in generations)
+        row = {
+            "questions": len(batch),
+            "trajectories": len(generations),
+            "completion_tokens": tokens,
+            "generate_seconds": round(seconds, 3),
+            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+            "finished_at": round(time.time(), 3),
+        }
+        append_lines(self.metrics, [json.dumps(row)])
+        return tokens, seconds
 
 
 def read_token(config: RolloutConfig) -> str | None:

@@ -1,7 +1,9 @@
 """The rollout worker for real: HF engine on a tiny model, the real service on 127.0.0.1, kills and outages."""
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +103,8 @@ def test_a_killed_run_resumes_without_losing_or_redoing_work(tiny_model, questio
 
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # stderr is a pipe, not a terminal: plain progress lines, no progress bar redrawn over the log lines
+    assert "\r" not in resumed.stderr and re.search(r"rollouts: \d+/\d+ questions, [\d.]+ q/s", resumed.stderr)
     ids = [r["question_id"] for r in records_of(output)]
     assert len(ids) == 30 and len(set(ids)) == 30
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
@@ -131,13 +135,13 @@ def test_a_kill_between_the_output_append_and_the_spool_rewrite_writes_no_record
         run_rollouts(config, engine=engine)
     first = [r["question_id"] for r in records_of(output)]
     spool = tmp_path / "rollouts.jsonl.spool"
-    assert len(first) == 2 and {g["request"]["question_id"] for g in read_complete_lines(spool)} == set(first)
+    assert len(first) == 2 and {g["request"]["question_id"] for g in read_complete_lines(spool)} >= set(first)
 
     monkeypatch.setattr(worker, "rewrite_lines", real_rewrite)
     summary = run_rollouts(config, engine=engine)
     ids = [r["question_id"] for r in records_of(output)]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 4 and ids[:2] == first
-    assert summary["records"] == 4 and summary["generated"] == 2 and summary["scored_from_earlier_spool"] == 0
+    assert summary["records"] == 4 and summary["generated"] + summary["scored_from_earlier_spool"] == 2
     assert read_complete_lines(spool) == []
 
 
@@ -152,11 +156,18 @@ def test_a_service_outage_mid_run_loses_nothing(tiny_model, questions, tmp_path)
         while not (output.exists() and len(output.read_text().splitlines()) >= 2):
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
+    down = time.time()
     spool = tmp_path / "rollouts.jsonl.spool"
-    deadline = time.monotonic() + 60
-    while not (spool.exists() and read_complete_lines(spool)):  # generation goes on while the service is down
+    metrics = tmp_path / "rollouts.jsonl.metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while len(read_complete_lines(metrics)) < 12:  # every batch generated while the service is down
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    assert read_complete_lines(spool)  # spooled, waiting for the service
+    # scoring retried in the background (5 retries, ~15 s of backoff each time): generation kept its pace
+    finished = [row["finished_at"] for row in read_complete_lines(metrics)]
+    gaps = [b - a for a, b in itertools.pairwise(finished) if b > down]
+    assert gaps and max(gaps) < 5.0, gaps
     with local_service(stub=True, port=port, token=token):
         _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
