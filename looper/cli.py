@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import get_args
 
 from reward_service.settings import DEFAULT_SCORER, ScorerName
+from shared_schemas.models import MAX_TEXT_CHARS
 
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 SCORER_NAMES = get_args(ScorerName)
@@ -45,6 +46,8 @@ def service_settings(args: argparse.Namespace):
         "max_body_bytes": args.max_body_bytes,
         "max_group_size": args.max_group_size,
         "answer_budget_s": args.answer_budget,
+        "max_text_chars": args.max_text_chars,
+        "allow_label_free_singletons": args.allow_label_free_singletons,
     }
     if args.weights:
         path = Path(args.weights)
@@ -275,6 +278,19 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="YAML/JSON file overriding scoring weights")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger bodies get 413")
     p.add_argument("--max-group-size", type=int, default=64, help="more trajectories in a group get 422")
+    p.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=MAX_TEXT_CHARS,
+        help="longer texts get 422 on the contract routes and are scored bounded (first and last halves, flagged "
+        "truncated) on the training routes; 32,000 characters fit ~8k tokens of reasoning",
+    )
+    p.add_argument(
+        "--allow-label-free-singletons",
+        action="store_true",
+        help="OpenRLHF: score a sample with no label and no other sample of its prompt (its own answer is then its "
+        "pseudo-label); refused by default",
+    )
     p.add_argument(
         "--answer-budget",
         type=float,

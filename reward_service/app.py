@@ -10,9 +10,10 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -38,6 +39,7 @@ from shared_schemas.models import (
     ScoreResponse,
     ScorersResponse,
     Trajectory,
+    bounded_text,
     gold_text,
 )
 
@@ -80,6 +82,11 @@ class Metrics:
         )
         self.groups = Counter("looper_groups_scored_total", "Question groups scored", registry=self.registry)
         self.trajectories = Counter("looper_trajectories_scored_total", "Trajectories scored", registry=self.registry)
+        self.truncated = Counter(
+            "looper_truncated_texts_total",
+            "Trajectory texts over max_text_chars scored bounded (training routes)",
+            registry=self.registry,
+        )
         self.answer_timeouts = Counter(
             "looper_answer_timeouts_total",
             "Trajectories whose LaTeX answer was not evaluated within the request's parsing budget (no answer)",
@@ -92,7 +99,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every request; routes outside the API share one label (bounded cardinality)."""
+    """Counts and times every request (routes outside the API share one label: bounded cardinality), gives each
+    an id (`X-Request-ID`), and logs every 4xx in one line with its reason: never the token, never the body."""
 
     def __init__(self, app, metrics: Metrics, routes: set[str]):
         self.app, self.metrics, self.routes = app, metrics, routes
@@ -102,10 +110,16 @@ class MetricsMiddleware:
             return await self.app(scope, receive, send)
         route = scope["path"] if scope["path"] in self.routes else "other"
         status = {"code": 500}
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        error_body = bytearray()
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            elif message["type"] == "http.response.body" and 400 <= status["code"] < 500 and len(error_body) < 8192:
+                error_body.extend(message.get("body", b"")[:8192])
             await send(message)
 
         start = time.perf_counter()
@@ -114,6 +128,25 @@ class MetricsMiddleware:
         finally:
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
             self.metrics.requests.labels(route, str(status["code"])).inc()
+            if 400 <= status["code"] < 500:
+                log.warning(
+                    "%s %s -> %d: %s [request %s]",
+                    scope["method"], scope["path"][:120], status["code"], error_reason(bytes(error_body)), request_id,
+                )  # fmt: skip
+
+
+def error_reason(body: bytes) -> str:
+    """The reason an error body gives, in one line: its detail, or each validation error's field and message
+    (never the input it echoes)."""
+    try:
+        detail = json.loads(body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        return "(no reason given)"
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in detail if isinstance(e, dict)
+        )
+    return " ".join(str(detail).split())[:300]
 
 
 def replay_body(body: bytes, receive):
@@ -246,7 +279,7 @@ class ScoringFastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        response = await handler(body)
+        response = await handler(body, scope.get("query_string", b""))
         if response is not None:
             return await response(scope, receive, send)
         await self.app(scope, replay_body(body, receive), send)
@@ -275,7 +308,7 @@ def score_within_budget(scorer: Scorer, groups: list[ScoreRequest], budget_s: fl
         return scorer.score(groups)
 
 
-def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
+def check_limits(groups: list[ScoreRequest], settings: ServiceSettings, *, texts: bool = True) -> None:
     if len(groups) > settings.max_batch_groups:
         raise HTTPException(422, f"{len(groups)} groups in one batch; the limit is {settings.max_batch_groups}")
     for group in groups:
@@ -286,12 +319,44 @@ def check_limits(groups: list[ScoreRequest], settings: ServiceSettings) -> None:
                 f"the limit is {settings.max_group_size}",
             )
         for k, trajectory in enumerate(group.trajectories):
-            if len(trajectory.text) > settings.max_text_chars:
+            if texts and len(trajectory.text) > settings.max_text_chars:
                 raise HTTPException(
                     422,
                     f"question {group.question_id!r}, trajectory {k}: {len(trajectory.text)} characters; "
-                    f"the limit is {settings.max_text_chars}",
+                    f"the limit is {settings.max_text_chars} (looper serve --max-text-chars; training clients "
+                    "send /v1/score/batch?overlong=truncate to have long texts scored bounded)",
                 )
+
+
+Cut = set[tuple[int, int]]  # (group, trajectory) positions whose text was bounded
+
+
+def bound_groups(groups: list[ScoreRequest], limit: int) -> tuple[list[ScoreRequest], Cut]:
+    """Each text over `limit` characters replaced by its bounded form (`bounded_text`), and where they were."""
+    bounded, cut = [], set()
+    for g, group in enumerate(groups):
+        long = [k for k, t in enumerate(group.trajectories) if len(t.text) > limit]
+        if long:
+            trajectories = list(group.trajectories)
+            for k in long:
+                trajectories[k] = Trajectory(
+                    arm_name=trajectories[k].arm_name, text=bounded_text(trajectories[k].text, limit)
+                )
+                cut.add((g, k))
+            group = group.model_copy(update={"trajectories": trajectories})
+        bounded.append(group)
+    return bounded, cut
+
+
+def flag_truncated(results: list[ScoreResponse], cut: Cut) -> list[ScoreResponse]:
+    results = list(results)
+    for g in {g for g, _ in cut}:
+        trajectories = [
+            t.model_copy(update={"truncated": True}) if (g, k) in cut else t
+            for k, t in enumerate(results[g].trajectories)
+        ]
+        results[g] = results[g].model_copy(update={"trajectories": trajectories})
+    return results
 
 
 # Special tokens a response may end with: OpenRLHF decodes prompt + response with skip_special_tokens=False.
@@ -312,11 +377,13 @@ def strip_end_tokens(text: str) -> str:
 
 def openrlhf_groups(
     request: OpenRLHFRewardRequest, settings: ServiceSettings
-) -> tuple[list[ScoreRequest], list[tuple[int, int]]]:
-    """OpenRLHF's samples as Regime W groups, one per (prompt, label), and each sample's (group, index) in them.
+) -> tuple[list[ScoreRequest], list[tuple[int, int]], Cut]:
+    """OpenRLHF's samples as Regime W groups, one per (prompt, label), each sample's (group, index) in them, and
+    the samples whose solution was bounded.
 
     A sample's solution is its query after the prompt (the whole query when the prompt is not in it, as after
-    OpenRLHF truncated a long prompt), less trailing special tokens.
+    OpenRLHF truncated a long prompt), less trailing special tokens. A solution over max_text_chars (a long
+    reasoning trace) is scored bounded, never refused: a training step must not fail on one long sample.
     """
     members: dict[tuple[str, str | None], list[int]] = {}
     for i, (prompt, label) in enumerate(zip(request.prompts, request.labels, strict=True)):
@@ -326,8 +393,16 @@ def openrlhf_groups(
         raise HTTPException(
             422, f"{len(members)} distinct prompts in one call; the limit is {settings.max_batch_groups}"
         )
-    groups, positions = [], [(0, 0)] * len(request.query)
+    groups, positions, cut = [], [(0, 0)] * len(request.query), set()
     for g, ((prompt, gold), indices) in enumerate(members.items()):
+        if gold is None and len(indices) == 1 and not settings.allow_label_free_singletons:
+            message = (  # the remedy within the first 200 characters: all that OpenRLHF's log shows
+                f"sample {indices[0]}: no label and no other sample of its prompt, so no label-free score. Set "
+                "OpenRLHF's --label_key, or send a prompt's samples together. (Its own answer would be its "
+                "pseudo-label: always correct; `looper serve --allow-label-free-singletons` scores it anyway.)"
+            )
+            log_once_a_minute("label-free-singleton", message)
+            raise HTTPException(422, message)
         if len(indices) > settings.max_group_size:
             raise HTTPException(
                 422,
@@ -339,16 +414,25 @@ def openrlhf_groups(
             start = query.find(prompt)  # 0 as a rule; later when the decode added a BOS marker in front
             solution = strip_end_tokens(query[start + len(prompt) :] if start >= 0 else query)
             if len(solution) > settings.max_text_chars:
-                raise HTTPException(
-                    422, f"sample {i}: response of {len(solution)} characters; the limit is {settings.max_text_chars}"
-                )
+                solution = bounded_text(solution, settings.max_text_chars)
+                cut.add((g, k))
             trajectories.append(Trajectory(arm_name=f"sample_{k}", text=solution))
             positions[i] = (g, k)
         question_id = "openrlhf-" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:24]
         groups.append(
             ScoreRequest(question_id=question_id, question=prompt, gold_answer=gold, trajectories=trajectories)
         )
-    return groups, positions
+    return groups, positions, cut
+
+
+_last_logged: dict[str, float] = {}
+
+
+def log_once_a_minute(kind: str, message: str) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(kind, -60.0) >= 60.0:
+        _last_logged[kind] = now
+        log.warning("%s (logged once a minute)", message)
 
 
 def openrlhf_response(results: list[ScoreResponse], positions: list[tuple[int, int]]) -> OpenRLHFRewardResponse:
@@ -424,14 +508,19 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception) -> Response:
         """The last resort: a generic answer with an id to find the traceback by in the log, never internals."""
-        request_id = uuid.uuid4().hex[:16]
+        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex[:16]
         log.error("internal error %s on %s %s", request_id, request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
 
-    async def run_scorer(groups: list[ScoreRequest]) -> list[ScoreResponse]:
+    async def run_scorer(groups: list[ScoreRequest], *, truncate: bool = False, cut: Cut = frozenset()):
+        """Score (off the event loop); `truncate`: texts over max_text_chars are scored bounded, not refused;
+        `cut`: positions the caller bounded already. Bounded trajectories come back flagged `truncated`."""
         if not state["ready"]:
             raise HTTPException(503, "scorer is still loading")
-        check_limits(groups, settings)
+        check_limits(groups, settings, texts=not truncate)
+        if truncate:
+            groups, bounded = bound_groups(groups, settings.max_text_chars)
+            cut = set(cut) | bounded
         try:
             # Off the event loop in every mode: a slow request must never hold up /healthz or other clients.
             results = await anyio.to_thread.run_sync(score_within_budget, scorer, groups, settings.answer_budget_s)
@@ -442,6 +531,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         timeouts = sum(t.answer_timeout for r in results for t in r.trajectories)
         if timeouts:
             metrics.answer_timeouts.inc(timeouts)
+        if cut:
+            metrics.truncated.inc(len(cut))
+            results = flag_truncated(results, cut)
         return results
 
     def json_response(model) -> Response:
@@ -454,11 +546,21 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         return json_response(result)
 
     @app.post("/v1/score/batch", response_model=BatchScoreResponse, dependencies=auth, responses=_ERRORS)
-    async def score_batch(request: BatchScoreRequest) -> Response:
+    async def score_batch(
+        request: BatchScoreRequest,
+        overlong: Literal["refuse", "truncate"] = Query(
+            "refuse",
+            description="A text over the service's max_text_chars: 'refuse' (422) or 'truncate' (scored bounded, "
+            "flagged truncated; for training clients, where one long trace must not fail a step).",
+        ),
+    ) -> Response:
         """Score many groups in one call (throughput); results in request order."""
-        return json_response(BatchScoreResponse(results=await run_scorer(request.groups)))
+        results = await run_scorer(request.groups, truncate=overlong == "truncate")
+        return json_response(BatchScoreResponse(results=results))
 
-    async def fast_score(body: bytes) -> Response | None:
+    async def fast_score(body: bytes, query: bytes) -> Response | None:
+        if query:
+            return None  # the route answers (and validates the query)
         try:
             request = ScoreRequest.model_validate_json(body)
             (result,) = await run_scorer([request])
@@ -466,10 +568,12 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             return None  # the route answers (and raises the same HTTPException)
         return json_response(result)
 
-    async def fast_score_batch(body: bytes) -> Response | None:
+    async def fast_score_batch(body: bytes, query: bytes) -> Response | None:
+        if query not in (b"", b"overlong=refuse", b"overlong=truncate"):
+            return None
         try:
             request = BatchScoreRequest.model_validate_json(body)
-            results = await run_scorer(request.groups)
+            results = await run_scorer(request.groups, truncate=query == b"overlong=truncate")
         except (ValidationError, HTTPException):
             return None
         return json_response(BatchScoreResponse(results=results))
@@ -477,14 +581,16 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     @app.post("/v1/openrlhf/reward", response_model=OpenRLHFRewardResponse, dependencies=auth, responses=_ERRORS)
     async def openrlhf_reward(request: OpenRLHFRewardRequest) -> Response:
         """OpenRLHF's remote reward call: samples grouped by prompt, each group scored as one Regime W group."""
-        groups, positions = openrlhf_groups(request, settings)
-        return json_response(openrlhf_response(await run_scorer(groups), positions))
+        groups, positions, cut = openrlhf_groups(request, settings)
+        return json_response(openrlhf_response(await run_scorer(groups, cut=cut), positions))
 
-    async def fast_openrlhf_reward(body: bytes) -> Response | None:
+    async def fast_openrlhf_reward(body: bytes, query: bytes) -> Response | None:
+        if query:
+            return None
         try:
             request = OpenRLHFRewardRequest.model_validate_json(body)
-            groups, positions = openrlhf_groups(request, settings)
-            results = await run_scorer(groups)
+            groups, positions, cut = openrlhf_groups(request, settings)
+            results = await run_scorer(groups, cut=cut)
         except (ValidationError, HTTPException):
             return None
         return json_response(openrlhf_response(results, positions))

@@ -40,7 +40,18 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     max_group_size: int = Field(64, ge=1, le=MAX_GROUP_SIZE, description="More trajectories get 422.")
     max_batch_groups: int = Field(128, ge=1, le=MAX_BATCH_GROUPS, description="More groups in a batch get 422.")
-    max_text_chars: int = Field(16_000, ge=1, le=MAX_TEXT_CHARS, description="Longer trajectory texts get 422.")
+    max_text_chars: int = Field(
+        MAX_TEXT_CHARS,
+        ge=64,
+        le=MAX_TEXT_CHARS,
+        description="Longer trajectory texts get 422 on the contract routes; the training routes (OpenRLHF, "
+        "/v1/score/batch?overlong=truncate) score them bounded and flag them truncated.",
+    )
+    allow_label_free_singletons: bool = Field(
+        False,
+        description="Score an OpenRLHF sample with no label and no other sample of its prompt (its own answer "
+        "would be its pseudo-label: always 'correct'); refused with 422 unless set.",
+    )
 
     @model_validator(mode="after")
     def _token_when_closed(self) -> ServiceSettings:

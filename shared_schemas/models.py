@@ -101,6 +101,16 @@ GoldNumber = (
 )
 
 
+def bounded_text(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters, else its start and its end (where the final answer is),
+    `limit` characters in all, joined by a line with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    joint = "\n...\n"
+    head = max(0, (limit - len(joint)) // 2)
+    return text[:head] + joint + text[len(text) - (limit - len(joint) - head) :]
+
+
 def gold_text(value: str | int | float | None) -> str | None:
     """A gold answer as text: a number in plain decimal notation (12, 12.5, never 1e+20), a string as it is."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -170,6 +180,11 @@ class ScoringWeights(Strict):
 class TrajectoryScore(Strict):
     arm_name: ArmName
     answer: NormalisedAnswer | None = Field(description="Extracted final answer, normalised; null if none.")
+    truncated: bool = Field(
+        False,
+        description="True when the text was longer than the service's max_text_chars and was scored bounded: its "
+        "first and last max_text_chars/2 characters (the final answer is read from the end).",
+    )
     answer_timeout: bool = Field(
         False,
         description="True when the answer is null because its LaTeX could not be evaluated within the request's "
@@ -254,7 +269,9 @@ class ErrorResponse(Strict):
 # {"query", "prompts", "labels"} and reads back {"rewards", "scores", "extra_logs"}.
 MAX_RL_SAMPLES = 8_192
 RLPrompt = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
-RLQuery = Annotated[str, Field(strict=True, max_length=MAX_QUESTION_CHARS + MAX_TEXT_CHARS)]
+# a training engine's response may run long (a reasoning trace): the OpenRLHF route scores it bounded
+MAX_RL_RESPONSE_CHARS = 256_000
+RLQuery = Annotated[str, Field(strict=True, max_length=MAX_QUESTION_CHARS + MAX_RL_RESPONSE_CHARS)]
 RLLabel = (
     Annotated[str, Field(strict=True, max_length=MAX_GOLD_CHARS)]
     | Annotated[int, Field(strict=True, ge=-(10**15), le=10**15)]

@@ -7,6 +7,7 @@ Each service's stdout/stderr goes to a log file (`service.log_path`) so tests ca
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,13 @@ class RunningService:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_with(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text` (a request's log line is written just after its response is sent)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
 
 
 @contextmanager

@@ -446,12 +446,14 @@ def test_group_over_the_size_limit_is_422_naming_the_limit(limited_service):
     assert at_limit.status_code == 200
 
 
-def test_over_long_text_is_422_naming_the_limit(regime_w_service):
+def test_over_long_text_is_422_naming_the_limit(start_service):
     request = group(words=5)
     request["trajectories"][1]["text"] = "word " * 3200 + "x\nAnswer: 3"
-    with regime_w_service.client() as client:
+    with start_service("short-texts", extra_args=["--max-text-chars", "16000"]) as service, service.client() as client:
         response = client.post("/v1/score", json=request)
-    assert_error(response, 422, "trajectory 1", "the limit is 16000")
+        assert_error(response, 422, "trajectory 1", "the limit is 16000", "--max-text-chars", "overlong=truncate")
+        line = "POST /v1/score -> 422: question 'q0', trajectory 1: 16011 characters"
+        assert line in service.log_with(line)
 
 
 def test_text_over_the_contract_cap_is_422(regime_w_service):
