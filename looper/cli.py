@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from reward_service.settings import DEFAULT_SCORER, ScorerName
-from shared_schemas.models import MAX_TEXT_CHARS
+from reward_service.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
 
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 SCORER_NAMES = get_args(ScorerName)
@@ -281,7 +280,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-text-chars",
         type=int,
-        default=MAX_TEXT_CHARS,
+        default=DEFAULT_MAX_TEXT_CHARS,
         help="longer texts get 422 on the contract routes and are scored bounded (first and last halves, flagged "
         "truncated) on the training routes; 32,000 characters fit ~8k tokens of reasoning",
     )

@@ -10,6 +10,7 @@ from shared_schemas.answers import AnswerMode
 from shared_schemas.models import MAX_BATCH_GROUPS, MAX_GROUP_SIZE, MAX_TEXT_CHARS, ScoringWeights
 
 MIN_TOKEN_CHARS = 16
+DEFAULT_MAX_TEXT_CHARS = 32_000  # ~8k tokens of reasoning, what DeepSeek-R1-Distill writes at length
 # the closed service's scorers (reward_service/regime_w.py describes each; GET /v1/scorers lists them)
 ScorerName = Literal["regime_w_v1", "regime_w_v2", "random_tiebreak"]
 DEFAULT_SCORER: ScorerName = "regime_w_v1"
@@ -41,7 +42,7 @@ class ServiceSettings(BaseModel):
     max_group_size: int = Field(64, ge=1, le=MAX_GROUP_SIZE, description="More trajectories get 422.")
     max_batch_groups: int = Field(128, ge=1, le=MAX_BATCH_GROUPS, description="More groups in a batch get 422.")
     max_text_chars: int = Field(
-        MAX_TEXT_CHARS,
+        DEFAULT_MAX_TEXT_CHARS,
         ge=64,
         le=MAX_TEXT_CHARS,
         description="Longer trajectory texts get 422 on the contract routes; the training routes (OpenRLHF, "

@@ -118,8 +118,11 @@ class ServiceClient:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         return await self._call("POST", "/v1/score", ScoreResponse, request)
 
-    async def score_batch(self, groups: list[ScoreRequest]) -> list[ScoreResponse]:
-        response = await self._call("POST", "/v1/score/batch", BatchScoreResponse, BatchScoreRequest(groups=groups))
+    async def score_batch(self, groups: list[ScoreRequest], *, truncate: bool = False) -> list[ScoreResponse]:
+        """`truncate`: texts over the service's max_text_chars are scored bounded and flagged, not refused (what a
+        training client wants: one long trace must not fail a step)."""
+        path = "/v1/score/batch?overlong=truncate" if truncate else "/v1/score/batch"
+        response = await self._call("POST", path, BatchScoreResponse, BatchScoreRequest(groups=groups))
         return response.results
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:

@@ -41,7 +41,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rollout_worker.client import ClientConfig, ServiceClient
-from shared_schemas.models import MAX_ID_CHARS, MAX_QUESTION_CHARS, ScoreRequest, ScoreResponse, Trajectory
+from shared_schemas.models import (
+    MAX_ID_CHARS,
+    MAX_QUESTION_CHARS,
+    MAX_TEXT_CHARS,
+    ScoreRequest,
+    ScoreResponse,
+    Trajectory,
+    bounded_text,
+)
 
 log = logging.getLogger("looper.verl_reward")
 
@@ -104,7 +112,10 @@ def build_groups(
         log.warning("verl_reward: rows without extra_info question_id/index/question are scored as groups of one")
     groups, positions = [], [(0, 0)] * n
     for g, (group, indices) in enumerate(members.items()):
-        trajectories = [Trajectory(arm_name=f"sample_{k}", text=str(solution_strs[i])) for k, i in enumerate(indices)]
+        trajectories = [
+            Trajectory(arm_name=f"sample_{k}", text=bounded_text(str(solution_strs[i]), MAX_TEXT_CHARS))
+            for k, i in enumerate(indices)
+        ]
         for k, i in enumerate(indices):
             positions[i] = (g, k)
         groups.append(
@@ -119,7 +130,7 @@ async def score_groups(groups: list[ScoreRequest], config: ClientConfig) -> list
     """Every group through POST /v1/score/batch, GROUPS_PER_CALL at a time, concurrently; results in order."""
     chunks = [groups[i : i + GROUPS_PER_CALL] for i in range(0, len(groups), GROUPS_PER_CALL)]
     async with ServiceClient(config) as client:
-        answers = await asyncio.gather(*(client.score_batch(chunk) for chunk in chunks))
+        answers = await asyncio.gather(*(client.score_batch(chunk, truncate=True) for chunk in chunks))
     return [result for answer in answers for result in answer]
 
 
@@ -163,6 +174,7 @@ def compute_score(
                 "s_cf": t.s_cf,
                 "s_wm": t.coherence,
                 "quality": t.quality,
+                "truncated": 1.0 if t.truncated else 0.0,
             }
         )
     return out

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_ID_CHARS = 128
 MAX_QUESTION_CHARS = 8_000
 MAX_GOLD_CHARS = 8_000
-MAX_TEXT_CHARS = 32_000
+MAX_TEXT_CHARS = 64_000  # the contract's cap; the service's own (max_text_chars, 32,000 by default) is lower
 MAX_PROMPT_CHARS = 8_000
 MAX_GROUP_SIZE = 256
 MAX_BATCH_GROUPS = 256

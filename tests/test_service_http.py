@@ -458,7 +458,7 @@ def test_over_long_text_is_422_naming_the_limit(start_service):
 
 def test_text_over_the_contract_cap_is_422(regime_w_service):
     request = group(words=5)
-    request["trajectories"][0]["text"] = "x" * 40_000
+    request["trajectories"][0]["text"] = "x" * 70_000
     with regime_w_service.client() as client:
         response = client.post("/v1/score", json=request)
     assert_error(response, 422, "string_too_long")

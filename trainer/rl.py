@@ -20,7 +20,7 @@ from typing import Literal
 
 from looper.config import help_text
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
-from shared_schemas.models import ScoreRequest, ScoreResponse, Trajectory
+from shared_schemas.models import MAX_TEXT_CHARS, ScoreRequest, ScoreResponse, Trajectory, bounded_text
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.data import read_jsonl
 from trainer.prompts import build_prompt
@@ -153,7 +153,10 @@ def group_requests(question_ids, questions, golds, completions, mode: RewardMode
                 question_id=qid,
                 question=questions[first],
                 gold_answer=None if mode == "label_free" else golds[first],
-                trajectories=[Trajectory(arm_name=f"policy_{k}", text=completions[i]) for k, i in enumerate(indices)],
+                trajectories=[
+                    Trajectory(arm_name=f"policy_{k}", text=bounded_text(completions[i], MAX_TEXT_CHARS))
+                    for k, i in enumerate(indices)
+                ],
             )
         )
         for k, i in enumerate(indices):
@@ -193,6 +196,7 @@ def batch_metrics(results: list[ScoreResponse], rewards: list[float], mode: Rewa
         "s_cf": sum(r.s_cf for r in results) / n,
         "s_wm": sum(r.s_wm for r in results) / n,
         "accuracy": sum(t.correct for t in flat) / len(flat),
+        "truncated": sum(t.truncated for t in flat) / len(flat),  # scored bounded: longer than the service's cap
         "groups_without_signal": no_signal / n,
         "groups_without_correctness_signal": len(uniform) / n,
         "reward_mean": sum(rewards) / len(rewards),
@@ -238,7 +242,7 @@ class ServiceReward:
         chunks = [requests[i : i + self.chunk] for i in range(0, len(requests), self.chunk)]
         try:
             async with ServiceClient(self.client_config) as client:
-                scored = await asyncio.gather(*(client.score_batch(c) for c in chunks))
+                scored = await asyncio.gather(*(client.score_batch(c, truncate=True) for c in chunks))
         except (ServiceUnavailable, ServiceError) as exc:
             raise RewardServiceFailure(
                 f"{exc}. Stopping the run rather than training on missing rewards; "
