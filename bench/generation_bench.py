@@ -44,9 +44,9 @@ from rich.table import Table
 
 from rollout_worker.engines import GenerationRequest, make_engine
 from shared_schemas.answers import extract_answer
+from shared_schemas.prompts import build_prompt
 from trainer.data import generated_records, read_jsonl
 from trainer.modeling import default_dtype, load_tokenizer, resolve_source
-from trainer.prompts import build_prompt
 
 BACKENDS = ("plain", "hf-tuned", "vllm")  # run in this order: vLLM only once the HF models are freed
 

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rollout_worker.engines import GenerationRequest, make_engine
+from shared_schemas.prompts import build_prompt
 from trainer.data import generated_records
-from trainer.prompts import build_prompt
 
 ARMS = [(0.2 + 0.1 * (k % 4), 0.95, 42 + k) for k in range(11)]  # (temperature, top_p, seed) per arm
 

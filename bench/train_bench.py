@@ -50,9 +50,9 @@ from transformers import TrainerCallback
 
 from shared_schemas.answers import extract_answer, parse_gold
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
+from shared_schemas.prompts import build_prompt, solution_target
 from trainer.data import generated_records, write_jsonl
 from trainer.dpo import DPOStageConfig, dpo_training_args, read_pairs
-from trainer.prompts import build_prompt, solution_target
 from trainer.rl import RLStageConfig, rl_training_args
 from trainer.sft import lora_config
 

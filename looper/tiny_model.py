@@ -208,8 +208,8 @@ def teach_format(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from shared_schemas.prompts import build_prompt, solution_target
     from trainer.data import generated_records
-    from trainer.prompts import build_prompt, solution_target
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

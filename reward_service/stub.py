@@ -24,7 +24,7 @@ from shared_schemas.models import (
     ScorersResponse,
     TrajectoryScore,
 )
-from trainer.prompts import TUTOR_SYSTEM, USER_TEMPLATE
+from shared_schemas.prompts import TUTOR_SYSTEM, USER_TEMPLATE
 
 STUB_VERSION = "stub-correctness/1.0.0"
 

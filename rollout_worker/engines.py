@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from trainer.prompts import prompt_token_ids
+from shared_schemas.prompts import prompt_token_ids
 
 log = logging.getLogger("looper.engines")
 

@@ -39,8 +39,8 @@ from shared_schemas.models import (
     ScoreResponse,
     Trajectory,
 )
+from shared_schemas.prompts import render_chat
 from trainer.data import read_jsonl
-from trainer.prompts import render_chat
 
 log = logging.getLogger("looper.rollouts")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"

@@ -246,3 +246,22 @@ def test_looper_serve_stub_runs_from_a_tree_without_the_private_files(release_tr
     assert [t.correct for t in result.trajectories] == [False, False, True]
     assert result.scorer_version.startswith("stub-")
     assert "Traceback" not in (release_tree / "serve.log").read_text()
+
+
+def imported_packages(package: str) -> set[str]:
+    """The top-level packages that the modules of `package` import (read from their source, every import)."""
+    import ast
+
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_service_imports_no_client_or_training_code():
+    assert not imported_packages("reward_service") & {"trainer", "rollout_worker", "looper", "experiments", "bench"}
+    assert not imported_packages("shared_schemas") & {"reward_service", "trainer", "rollout_worker", "looper"}

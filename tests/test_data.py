@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from shared_schemas.prompts import build_prompt, solution_target
 from trainer.data import DataError, load_split, platinum_records, prepare_data, read_jsonl, split_train_dev
-from trainer.prompts import build_prompt, solution_target
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared GSM8K data not present beside the repo")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from rollout_worker.engines import FillerRows, GenerationRequest, HFEngine, bucket_rows, make_engine
+from shared_schemas.prompts import build_prompt
 from trainer.data import DataError, generated_records, write_jsonl
 from trainer.evaluate import SETTINGS, EvalConfig, run_eval
-from trainer.prompts import build_prompt
 
 SMOLLM2 = os.environ.get("LOOPER_SMOLLM2")
 

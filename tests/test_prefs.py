@@ -8,6 +8,7 @@ from helpers import record, traj
 
 from looper.cli import main
 from shared_schemas.models import PreferencePair, RolloutRecord
+from shared_schemas.prompts import build_prompt
 from trainer.modeling import load_tokenizer
 from trainer.prefs import (
     ALL_CORRECT_CORRECTNESS_ONLY,
@@ -22,7 +23,6 @@ from trainer.prefs import (
     run_prefs,
     stats_path,
 )
-from trainer.prompts import build_prompt
 
 
 def config(**overrides) -> PrefsConfig:

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from looper.tiny_model import build_tiny_model
 from rollout_worker.engines import GenerationRequest, HFEngine, vllm_token_prompts
-from trainer.prompts import TUTOR_SYSTEM, USER_TEMPLATE, build_prompt, prompt_token_ids
+from shared_schemas.prompts import TUTOR_SYSTEM, USER_TEMPLATE, build_prompt, prompt_token_ids
 
 QUESTION = "Tom has 3 bags of 4 apples. How many apples does he have?"
 

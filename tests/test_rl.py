@@ -216,8 +216,8 @@ def mixed_prompts_file(format_model, tmp_path_factory) -> Path:
     from collections import Counter
 
     from shared_schemas.answers import extract_answer
+    from shared_schemas.prompts import build_prompt
     from trainer.modeling import load_tokenizer
-    from trainer.prompts import build_prompt
 
     tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
     torch.manual_seed(0)

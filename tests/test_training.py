@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import completion_loss
 
+from shared_schemas.prompts import build_prompt
 from trainer.data import generated_records, write_jsonl
 from trainer.merge import MergeConfig, merge_adapter
 from trainer.modeling import ModelSourceError, load_model, load_tokenizer, resolve_source
-from trainer.prompts import build_prompt
 from trainer.sft import SFTStageConfig, prompt_completion_rows, run_sft
 
 

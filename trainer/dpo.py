@@ -208,8 +208,8 @@ def read_pairs(path: str | Path) -> list:
 
 def check_prompt_format(pairs: list, tokenizer, path: str | Path) -> None:
     """Every prompt must be build_prompt(question, this tokenizer): the string SFT trained on and eval uses."""
+    from shared_schemas.prompts import build_prompt
     from trainer.data import DataError
-    from trainer.prompts import build_prompt
 
     marker = "\x00QUESTION\x00"
     head, tail = build_prompt(marker, tokenizer).split(marker)

@@ -1,7 +1,7 @@
 """`looper eval`: one greedy answer per question over a JSONL set, scored strict and flexible, deterministic.
 
 Every question of the file is evaluated (never a sample, unless `max_questions` asks for the first N).
-Prompts are the project's one format (trainer.prompts), answers are parsed by the parser the reward
+Prompts are the project's one format (shared_schemas.prompts), answers are parsed by the parser the reward
 service uses (shared_schemas.answers), generation goes through the rollout engines (vLLM or HF).
 
 Determinism: batched greedy decoding still depends on which prompts share a batch (padding, kernel
@@ -52,8 +52,8 @@ from rollout_worker.engines import (
 )
 from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 from shared_schemas.answers import extract_answer, parse_gold
+from shared_schemas.prompts import build_prompt
 from trainer.data import PLATINUM_USABLE, DataError, read_jsonl
-from trainer.prompts import build_prompt
 
 log = logging.getLogger("looper.eval")
 

@@ -16,7 +16,7 @@ Default caps, sized so 500 questions x 11 arms give ~3,000-5,000 pairs, 70-80% o
 = 950; 3,750 pairs, 75% correctness. Stats of every run (pairs by type, questions without a pair and why)
 go to `<output stem>.stats.json` beside the output, so a run that misses the target shows why.
 
-The prompt is `trainer.prompts.build_prompt(question, tokenizer)` with the policy model's tokenizer: the
+The prompt is `shared_schemas.prompts.build_prompt(question, tokenizer)` with the policy model's tokenizer: the
 very string SFT trained on and evaluation decodes from.
 """
 
@@ -265,9 +265,9 @@ def build_pairs(
 
 def run_prefs(config: PrefsConfig) -> dict:
     """Build the pairs file and its stats JSON; return the stats."""
+    from shared_schemas.prompts import build_prompt
     from trainer.data import write_jsonl
     from trainer.modeling import load_tokenizer
-    from trainer.prompts import build_prompt
 
     records = read_rollouts(config.rollouts_file)
     tokenizer = load_tokenizer(config.tokenizer or config.model, config.base)

@@ -173,11 +173,11 @@ def select_rows(
 
 def run_rft(config: RFTStageConfig, callbacks=()) -> Path:
     """Select from `config.rollouts_file`, train with the SFT trainer; returns the adapter dir."""
+    from shared_schemas.prompts import build_prompt
     from trainer.adapters import load_policy
     from trainer.data import DataError, write_jsonl
     from trainer.modeling import load_tokenizer
     from trainer.prefs import read_rollouts
-    from trainer.prompts import build_prompt
     from trainer.sft import train_prompt_completion
 
     if not config.rollouts_file:

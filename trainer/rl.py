@@ -21,9 +21,9 @@ from typing import Literal
 from looper.config import help_text
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import MAX_TEXT_CHARS, ScoreRequest, ScoreResponse, Trajectory, bounded_text
+from shared_schemas.prompts import build_prompt
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.data import read_jsonl
-from trainer.prompts import build_prompt
 from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
 log = logging.getLogger("looper.rl")

@@ -1,6 +1,6 @@
 """QLoRA / LoRA supervised fine-tuning on (question, solution) records with TRL's SFTTrainer.
 
-Loss only on the solution tokens; the prompt is the project's one prompt format (trainer.prompts).
+Loss only on the solution tokens; the prompt is the project's one prompt format (shared_schemas.prompts).
 Output: a LoRA adapter dir with its tokenizer, a run manifest and per-step metrics; interrupted runs
 resume from their last checkpoint.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from looper.config import help_text
+from shared_schemas.prompts import build_prompt, solution_target
 from trainer.data import read_jsonl
-from trainer.prompts import build_prompt, solution_target
 
 log = logging.getLogger("looper.sft")
 

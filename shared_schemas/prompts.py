@@ -1,4 +1,4 @@
-"""The one prompt format that SFT, the evaluator and the public stub's arms share."""
+"""The one prompt format that the service (the stub's arms), SFT, RL, rollouts and the evaluator share (stdlib only)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def render_chat(system: str, user: str, tokenizer) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = f"{system}\n\n{user}\n\nSolution:\n"
-    bos = tokenizer.bos_token
+    bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos) and adds_bos(tokenizer):
         return text[len(bos) :]
     return text
