@@ -321,3 +321,144 @@ def test_verl_grouping_keys(regime_w_service, verl_env):
     singles = [scored_by_score_route(regime_w_service, "q", "12", [t]).trajectories[0] for t in q["responses"]]
     assert [s["score"] for s in alone] == [t.reward for t in singles]
     assert compute_score([], [], [], []) == []
+
+
+# --- verl's reward loop (verl 0.9.1, verl/experimental/reward_loop/reward_manager/naive.py and base.py, main at
+# 1dda039b; agent_loop.py's _compute_score awaits run_single once per finished response, in any order) ---------
+
+
+class OneSequence:
+    """A DataProto of one sequence as the reward loop hands it over: `data[-1:]` is itself and `data[0]` the item
+    whose `batch` holds `responses` and `attention_mask` (prompt + response) and whose `non_tensor_batch` holds
+    the dataset row's `data_source`, `reward_model` and `extra_info` (what naive.py's run_single reads)."""
+
+    def __init__(self, tokenizer, response: str, row: dict, prompt_len: int = 5, response_len: int | None = None):
+        import torch
+
+        ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        response_len = response_len or len(ids) + 3  # right padding after the response, as verl pads
+        self.batch = {
+            "responses": torch.tensor(ids + [tokenizer.pad_token_id] * (response_len - len(ids))),
+            "attention_mask": torch.tensor([1] * prompt_len + [1] * len(ids) + [0] * (response_len - len(ids))),
+        }
+        self.non_tensor_batch = row
+
+    def __getitem__(self, index):
+        return self
+
+
+@pytest.fixture(scope="module")
+def verl_tokenizer():
+    from looper.tiny_model import build_tokenizer
+
+    return build_tokenizer()
+
+
+LONG = "Let me check it once more. " * 740 + "\nAnswer: 12"  # ~20,000 characters of reasoning
+# rollout.n = 4 responses per question (QUESTIONS[1] has 3: a fourth added), the first one ~20,000 characters
+LOOP_QUESTIONS = [
+    {**QUESTIONS[0], "responses": [LONG, *QUESTIONS[0]["responses"][1:]]},
+    {**QUESTIONS[1], "responses": [*QUESTIONS[1]["responses"], "5 * 6 - 4 = 26\nAnswer: 26"]},
+]
+
+
+def verl_rows() -> list[tuple[str, dict]]:
+    """(response, row) of every response of LOOP_QUESTIONS, shuffled across questions as verl's balance_batch
+    does; each row as verl's gsm8k preprocessor writes it."""
+    import random
+
+    rows = [
+        (
+            response,
+            {
+                "data_source": "openai/gsm8k",
+                "reward_model": {"ground_truth": q["ground_truth"]},
+                "extra_info": {"split": "train", "index": idx, "question": q["question"]},
+            },
+        )  # fmt: skip
+        for idx, q in enumerate(LOOP_QUESTIONS)
+        for response in q["responses"]
+    ]
+    random.Random(7).shuffle(rows)
+    return rows
+
+
+def run_step(manager, rows, tokenizer) -> list[dict]:
+    """One verl step: every response's run_single awaited concurrently, as the agent loop's workers do."""
+
+    async def step():
+        return await asyncio.gather(*(manager.run_single(OneSequence(tokenizer, r, row)) for r, row in rows))
+
+    return asyncio.run(asyncio.wait_for(step(), 60))
+
+
+def test_verl_reward_loop_manager_scores_each_question_as_one_group(regime_w_service, verl_env, verl_tokenizer):
+    from rollout_worker.verl_reward import LooperRewardManager
+
+    verl_env(regime_w_service)
+    rows = verl_rows()
+    config = {"actor_rollout_ref": {"rollout": {"n": 4}}}
+    manager = LooperRewardManager(config=config, tokenizer=verl_tokenizer, compute_score=compute_score)
+    results = run_step(manager, rows, verl_tokenizer)
+    got = {
+        (row["extra_info"]["index"], response): result for (response, row), result in zip(rows, results, strict=True)
+    }
+    for idx, q in enumerate(LOOP_QUESTIONS):
+        reference = scored_by_score_route(regime_w_service, q["question"], q["ground_truth"], q["responses"])
+        for response, t in zip(q["responses"], reference.trajectories, strict=True):
+            result = got[(idx, response)]
+            assert result["reward_score"] == pytest.approx(t.reward)
+            assert result["reward_extra_info"]["acc"] == float(t.correct)
+    assert got[(0, LONG)]["reward_extra_info"]["acc"] == 1.0  # the long trace scored, its answer read
+    assert {tuple(sorted(r["reward_extra_info"])) for r in results} == {
+        ("acc", "quality", "s_cf", "s_end", "s_path", "s_wm", "score", "truncated")
+    }  # the same keys for every response: verl builds its columns from the first one's
+
+
+def test_verl_reward_loop_scores_a_partial_group_after_the_wait(regime_w_service, verl_env, verl_tokenizer, monkeypatch,
+                                                                caplog):  # fmt: skip
+    from rollout_worker.verl_reward import LooperRewardManager
+
+    verl_env(regime_w_service)
+    monkeypatch.setenv("LOOPER_GROUP_WAIT_S", "0.5")
+    rows = [(r, row) for r, row in verl_rows() if row["extra_info"]["index"] == 1][:3]  # 3 of the 4 responses
+    manager = LooperRewardManager(config={"actor_rollout_ref": {"rollout": {"n": 4}}}, tokenizer=verl_tokenizer)
+    results = run_step(manager, rows, verl_tokenizer)
+    reference = scored_by_score_route(regime_w_service, LOOP_QUESTIONS[1]["question"], "26", [r for r, _ in rows])
+    assert [r["reward_score"] for r in results] == pytest.approx([t.reward for t in reference.trajectories])
+    assert "3 of 4 responses after 0 s" in caplog.text and "reward.num_workers=1" in caplog.text
+
+
+def test_verl_reward_loop_with_the_service_down_fails_the_step_with_the_reason(verl_tokenizer, monkeypatch):
+    from looper.local_service import free_port
+    from rollout_worker.client import ClientConfig, ServiceUnavailable
+    from rollout_worker.verl_reward import LooperRewardManager
+
+    manager = LooperRewardManager(config={"actor_rollout_ref": {"rollout": {"n": 4}}}, tokenizer=verl_tokenizer)
+    manager.client = ClientConfig(url=f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_base_s=0.01)
+    with pytest.raises(ServiceUnavailable, match="failed 2 times"):
+        run_step(manager, verl_rows(), verl_tokenizer)
+
+
+def test_verl_naive_manager_calls_score_each_response_alone(regime_w_service, verl_env, caplog):
+    import rollout_worker.verl_reward as verl_reward
+
+    verl_env(regime_w_service)
+    verl_reward._warned_alone = False
+    q = QUESTIONS[0]
+    results = [
+        compute_score(data_source="openai/gsm8k", solution_str=r, ground_truth="12", extra_info={"index": 0})
+        for r in q["responses"]
+    ]  # the naive manager's call, once per response (verl 0.9.1 naive.py)
+    singles = [scored_by_score_route(regime_w_service, "q", "12", [r]).trajectories[0] for r in q["responses"]]
+    assert [r["score"] for r in results] == [t.reward for t in singles]
+    assert caplog.text.count("scored alone, without its group") == 1
+
+
+def test_verl_batch_manager_scores_a_20000_character_response(regime_w_service, verl_env):
+    verl_env(regime_w_service)
+    data_sources, solution_strs, ground_truths, extras = verl_batch()
+    solution_strs[0] = LONG
+    scores = compute_score(data_sources=data_sources, solution_strs=solution_strs, ground_truths=ground_truths,
+                           extra_infos=extras)  # fmt: skip
+    assert len(scores) == len(solution_strs) and scores[0]["acc"] == 1.0
