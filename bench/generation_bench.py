@@ -42,11 +42,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from looper_common.modeling import default_dtype, load_tokenizer, resolve_source
 from rollout_worker.engines import GenerationRequest, make_engine
 from shared_schemas.answers import extract_answer
 from shared_schemas.prompts import build_prompt
 from trainer.data import generated_records, read_jsonl
-from trainer.modeling import default_dtype, load_tokenizer, resolve_source
 
 BACKENDS = ("plain", "hf-tuned", "vllm")  # run in this order: vLLM only once the HF models are freed
 

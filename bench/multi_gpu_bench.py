@@ -172,7 +172,7 @@ def work_dir(args, part: str) -> Path:
 
 
 def bench_dpo(args) -> dict:
-    from looper.local_service import free_port
+    from looper_common.local_service import free_port
 
     work = work_dir(args, "dpo")
     if args.pairs_file is None:
@@ -290,7 +290,7 @@ def metrics_generate_seconds(path: Path) -> float:
 
 
 def bench_rollouts(args) -> dict:
-    from looper.local_service import local_service
+    from looper_common.local_service import local_service
     from trainer.data import generated_records, write_jsonl
 
     work = work_dir(args, "rollouts")

@@ -7,7 +7,7 @@
 The model: Llama-3-8B's shape (the defaults above; --hidden, --layers, ... override it) built on the meta
 device, then materialised layer by layer on the GPU: every linear layer of the decoder blocks is a
 bitsandbytes `Linear4bit` whose random bf16 weight (N(0, 0.02)) is quantised to NF4 with double quantisation
-and bf16 compute (the settings of `trainer.modeling`'s 4bit loading) right after it is drawn, so at most one
+and bf16 compute (the settings of `looper_common.modeling`'s 4bit loading) right after it is drawn, so at most one
 bf16 matrix exists at a time; embeddings, norms and the LM head stay bf16, as `from_pretrained` with a
 BitsAndBytesConfig leaves them. Nothing is written to disk and no full bf16 copy is ever made. The model is
 flagged as a 4-bit bitsandbytes model, so TRL and the Trainer treat it as one (bf16 LoRA, no `.to()`).
@@ -78,7 +78,7 @@ def build_qlora_model(config, device, dtype, seed: int = 0):
     from torch import nn
     from transformers import AutoModelForCausalLM
 
-    from trainer.modeling import _quantization_config
+    from looper_common.modeling import _quantization_config
 
     quant = _quantization_config("4bit", dtype)  # the project's QLoRA settings: NF4, double quant, compute dtype
     torch.manual_seed(seed)

@@ -44,8 +44,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from looper.local_service import local_service  # noqa: E402
 from looper.samples import sample_group  # noqa: E402
+from looper_common.local_service import local_service  # noqa: E402
 from reward_service.regime_w import RegimeWScorer  # noqa: E402
 from reward_service.settings import ServiceSettings  # noqa: E402
 from shared_schemas.models import BatchScoreRequest, BatchScoreResponse, ScoreRequest, ScoreResponse  # noqa: E402

@@ -211,8 +211,8 @@ def _rollout(record: dict) -> RolloutRecord:
 
 def make_pairs_file(model: str, path: Path, questions: int, seed: int = 7) -> Path:
     """Preference pairs from the project's prefs stage (`trainer.prefs.build_pairs`) over generated problems."""
+    from looper_common.modeling import load_tokenizer
     from trainer.data import write_jsonl
-    from trainer.modeling import load_tokenizer
     from trainer.prefs import PrefsConfig, build_pairs
 
     tokenizer = load_tokenizer(model)
@@ -315,7 +315,7 @@ def run_project(stage: str, cfg, timer: StepTimer) -> None:
 
         run_dpo(cfg, callbacks=[timer])
         return
-    from looper.local_service import local_service
+    from looper_common.local_service import local_service
     from trainer.rl import TOKEN_ENV, run_rl
 
     with local_service(log_path=Path(cfg.output_dir) / "service.log") as service:
@@ -328,12 +328,12 @@ def run_one(stage: str, side: str, args) -> dict:
     """One timed run; returns its row (timings, memory, effective training arguments)."""
     import torch
 
-    import trainer.modeling
+    import looper_common.modeling
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype)
-    trainer.modeling.default_dtype = lambda: dtype  # the project loads its models in this dtype too
+    looper_common.modeling.default_dtype = lambda: dtype  # the project loads its models in this dtype too
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     out_dir = tempfile.mkdtemp(prefix=f"train_bench_{stage}_{side}_")

@@ -7,6 +7,7 @@ RUN useradd --create-home --uid 10001 looper
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared_schemas ./shared_schemas
+COPY looper_common ./looper_common
 COPY reward_service ./reward_service
 COPY looper ./looper
 COPY rollout_worker ./rollout_worker

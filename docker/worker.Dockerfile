@@ -8,6 +8,7 @@ RUN useradd --create-home --uid 10001 looper
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared_schemas ./shared_schemas
+COPY looper_common ./looper_common
 COPY rollout_worker ./rollout_worker
 COPY trainer ./trainer
 COPY looper ./looper

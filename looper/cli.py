@@ -126,14 +126,14 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.sft import SFTStageConfig, run_sft
 
     print(f"adapter saved to {run_sft(config_from_args(SFTStageConfig, args))}")
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.merge import MergeConfig, merge_adapter
 
     print(f"merged checkpoint saved to {merge_adapter(config_from_args(MergeConfig, args))}")
@@ -147,7 +147,7 @@ def _positive_int(value: str) -> int:
 
 
 def cmd_rollouts(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from rollout_worker.worker import RolloutConfig, run_rollouts
 
     summary = run_rollouts(config_from_args(RolloutConfig, args))
@@ -155,7 +155,7 @@ def cmd_rollouts(args: argparse.Namespace) -> None:
 
 
 def cmd_prefs(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.prefs import PrefsConfig, run_prefs, stats_path
 
     config = config_from_args(PrefsConfig, args)
@@ -166,14 +166,14 @@ def cmd_prefs(args: argparse.Namespace) -> None:
 
 
 def cmd_dpo(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.dpo import DPOStageConfig, run_dpo
 
     print(f"adapter saved to {run_dpo(config_from_args(DPOStageConfig, args))}")
 
 
 def cmd_rft(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.rft import RFTStageConfig, expert_iteration, run_rft
 
     config = config_from_args(RFTStageConfig, args)
@@ -236,7 +236,7 @@ def cmd_consensus(args: argparse.Namespace) -> None:
 
 
 def cmd_rl(args: argparse.Namespace) -> None:
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
     from trainer.rl import RLStageConfig, run_rl
 
     print(f"adapter saved to {run_rl(config_from_args(RLStageConfig, args))}")
@@ -249,7 +249,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from trainer.modeling import convert_to_dir
+    from looper_common.modeling import convert_to_dir
 
     print(f"model saved to {convert_to_dir(args.model, args.output_dir, args.dtype)}")
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seed of the train/dev split")
     data.set_defaults(func=cmd_data)
 
-    from looper.config import add_config_args
+    from looper_common.config import add_config_args
     from trainer.merge import MergeConfig
     from trainer.sft import SFTStageConfig
 
@@ -465,10 +465,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from looper_common.modeling import ModelSourceError
     from rollout_worker.client import ServiceError, ServiceUnavailable
     from rollout_worker.parallel import DataParallelError
     from trainer.data import DataError
-    from trainer.modeling import ModelSourceError
     from trainer.rl import RewardServiceFailure
 
     try:

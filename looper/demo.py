@@ -8,8 +8,8 @@ import random
 from rich.console import Console
 from rich.table import Table
 
-from looper.local_service import local_service
 from looper.samples import sample_group
+from looper_common.local_service import local_service
 from rollout_worker.client import ClientConfig, ServiceClient
 
 

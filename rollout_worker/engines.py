@@ -151,7 +151,7 @@ class HFEngine:
     ):
         import torch
 
-        from trainer.modeling import load_model, load_tokenizer
+        from looper_common.modeling import load_model, load_tokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if torch_compile and not static_cache:
@@ -302,7 +302,7 @@ class VLLMEngine:
             )
         from vllm import LLM
 
-        from trainer.modeling import resolve_source
+        from looper_common.modeling import resolve_source
 
         source = resolve_source(model, base)
         self.model_name = model
@@ -350,7 +350,7 @@ class VLLMEngine:
     def for_model(self, model: str, base: str | None = None) -> VLLMEngine:
         """An engine on this one's `LLM` generating as `model`: the loaded base itself, or a LoRA adapter over
         it of rank <= max_lora_rank. Anything else (another base, a merged model) is refused."""
-        from trainer.modeling import resolve_source
+        from looper_common.modeling import resolve_source
 
         source = resolve_source(model, base)
         view = copy.copy(self)  # shares the LLM, tokenizer and the adapter ids

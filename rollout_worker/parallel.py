@@ -6,7 +6,7 @@ coordination between replicas anyway. So the worker shards the questions itself:
 
 - Question i of the run (file order, after `max_questions`) belongs to shard i % N: a fixed, disjoint split
   that does not depend on what is already done, so a rerun gives every question the same shard.
-- Shard k is a child process (`python -m rollout_worker.parallel`) running the ordinary single-process
+- Shard k is a child process (`python -m rollout_worker.shard`) running the ordinary single-process
   worker on its questions into `<output>.shard-K-of-N.jsonl`, with its own spool and metrics, so each shard
   resumes as a single run does. `CUDA_VISIBLE_DEVICES` gives it GPU k (tensor_parallel_size GPUs where > 1,
   taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone. Its log is
@@ -22,7 +22,6 @@ coordination between replicas anyway. So the worker shards the questions itself:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import fcntl
 import json
@@ -33,8 +32,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
+
+from looper_common.jsonl import append_lines, complete_lines, read_complete_lines, rewrite_lines
 
 log = logging.getLogger("looper.rollouts")
 
@@ -104,9 +105,8 @@ def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None) -> list[s
     return [",".join(ids[k * tensor_parallel_size : (k + 1) * tensor_parallel_size]) for k in range(n)]
 
 
-def _raw_records(path: Path) -> list[tuple[str, str]]:
+def raw_records(path: Path) -> list[tuple[str, str]]:
     """(question_id, line) of each complete line, the line as written (merging keeps the bytes)."""
-    from rollout_worker.worker import complete_lines
 
     return [(json.loads(line)["question_id"], line) for line in complete_lines(path)]
 
@@ -122,7 +122,6 @@ def _line_count(path: Path) -> int:
 
 
 def run_data_parallel(config, questions: list[dict]) -> dict:
-    from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 
     n = config.data_parallel_size
     output = Path(config.output_file)
@@ -133,7 +132,7 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
             f"{sidecar(output, '.spool')} holds generated groups of an unfinished single-process run: "
             "rerun it with data_parallel_size 1 to score them first"
         )
-    merged = _raw_records(output)
+    merged = raw_records(output)
     done = {qid for qid, _ in merged}
     devices = shard_devices(n, config.tensor_parallel_size)
     started = time.monotonic()
@@ -142,7 +141,7 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     try:
         for k in range(n):
             path = shard_path(output, k, n)
-            skip = done | {qid for qid, _ in _raw_records(path)}
+            skip = done | {qid for qid, _ in raw_records(path)}
             todo = [q for q in shard_questions(questions, k, n) if q["id"] not in skip]
             if not todo and not read_complete_lines(sidecar(path, ".spool")):
                 continue  # nothing to generate or score: its records wait for the merge
@@ -173,7 +172,7 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     # merge: the records the output had and every shard's, once each, in question order
     order = {q["id"]: i for i, q in enumerate(questions)}
     rows, seen = [], set()
-    for records in [merged, *(_raw_records(shard_path(output, k, n)) for k in range(n))]:
+    for records in [merged, *(raw_records(shard_path(output, k, n)) for k in range(n))]:
         for qid, line in records:
             if qid not in seen:  # a duplicate only after a kill between merging and cleaning up
                 seen.add(qid)
@@ -206,7 +205,7 @@ def _start_shard(config, k: int, n: int, device: str | None) -> subprocess.Popen
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
-    command = [sys.executable, "-m", "rollout_worker.parallel", "--shard", str(k), "--shards", str(n)]
+    command = [sys.executable, "-m", "rollout_worker.shard", "--shard", str(k), "--shards", str(n)]
     command += ["--config", json.dumps(asdict(config))]
     log_file = sidecar(path, ".log").open("ab")
     try:
@@ -270,7 +269,7 @@ def _tail(k: int, output: Path, n: int, lines: int = 15) -> str:
 # --- a shard (the child) --------------------------------------------------------------------------------------
 
 
-def _lock(path: Path):
+def lock_shard(path: Path):
     """An exclusive lock on the shard, waiting a while for a dying writer of an earlier run to let go."""
     handle = sidecar(path, ".lock").open("a")
     deadline = time.monotonic() + LOCK_WAIT_S
@@ -282,44 +281,3 @@ def _lock(path: Path):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{path}: another process is writing this shard") from None
             time.sleep(0.5)
-
-
-def run_shard(config, k: int, n: int) -> dict:
-    """Shard k of n: the single-process worker on its questions, minus those already merged into the output."""
-    from rollout_worker.worker import load_questions, run_rollouts
-
-    output = Path(config.output_file)
-    path = shard_path(output, k, n)
-    done = {qid for qid, _ in _raw_records(output)}
-    questions = [q for q in shard_questions(load_questions(config), k, n) if q["id"] not in done]
-    handle = _lock(path)
-    try:
-        summary = run_rollouts(replace(config, output_file=str(path), data_parallel_size=1), questions=questions)
-        sidecar(path, ".summary.json").write_text(json.dumps(summary) + "\n")
-        return summary
-    finally:
-        handle.close()
-
-
-def _stop_own_group(signum, frame) -> None:
-    # SIGTERM (from the parent, or its death): this process and vLLM's engine process go down together
-    os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from rollout_worker.worker import RolloutConfig
-
-    parser = argparse.ArgumentParser(description="one shard of a data-parallel rollout run (started by the worker)")
-    parser.add_argument("--shard", type=int, required=True)
-    parser.add_argument("--shards", type=int, required=True)
-    parser.add_argument("--config", required=True, help="the run's RolloutConfig as JSON")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if os.getpgid(0) == os.getpid():  # leading a session of its own (as the parent starts it)
-        signal.signal(signal.SIGTERM, _stop_own_group)
-    summary = run_shard(RolloutConfig(**json.loads(args.config)), args.shard, args.shards)
-    print(json.dumps(summary), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -27,6 +27,7 @@ from typing import Literal
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from looper_common.jsonl import append_lines, read_complete_lines, read_jsonl, rewrite_lines
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceUnavailable
 from rollout_worker.engines import Engine, GenerationRequest, make_engine
 from shared_schemas.models import (
@@ -40,7 +41,6 @@ from shared_schemas.models import (
     Trajectory,
 )
 from shared_schemas.prompts import render_chat
-from trainer.data import read_jsonl
 
 log = logging.getLogger("looper.rollouts")
 TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
@@ -87,45 +87,6 @@ class RolloutConfig:
         for name in ("batch_size", "tensor_parallel_size", "data_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-# --- durable JSONL files ---------------------------------------------------------------------------
-
-
-def complete_lines(path: Path) -> list[str]:
-    """The lines of a JSONL file written by this module, as written; a torn last line (killed mid-write) is
-    cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: dropping a torn last line of %d bytes", path, len(data) - end)
-        with path.open("r+b") as f:
-            f.truncate(end)
-    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]
-
-
-def read_complete_lines(path: Path) -> list[dict]:
-    """Rows of a JSONL file written by this module (`complete_lines`, parsed)."""
-    return [json.loads(line) for line in complete_lines(path)]
-
-
-def append_lines(path: Path, rows: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(row + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def rewrite_lines(path: Path, rows: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("".join(row + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 # --- building records --------------------------------------------------------------------------------

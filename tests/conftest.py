@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from looper.local_service import LocalService, local_service
+from looper_common.local_service import LocalService, local_service
 
 
 @dataclass(frozen=True)

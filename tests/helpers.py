@@ -7,7 +7,7 @@ import httpx
 import torch
 import uvicorn
 
-from looper.local_service import free_port
+from looper_common.local_service import free_port
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights

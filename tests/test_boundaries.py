@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from looper.local_service import local_service
+from looper_common.local_service import local_service
 from rollout_worker.client import ClientConfig, ServiceClient
 from shared_schemas.models import ScoreRequest, Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_PACKAGES = ("rollout_worker", "trainer", "shared_schemas")
+PUBLIC_PACKAGES = ("rollout_worker", "trainer", "looper_common", "shared_schemas")
 PRIVATE_MODULES = (
     "reward_service.scoring",
     "reward_service.arms",
@@ -104,7 +104,7 @@ def test_public_packages_import_without_the_service_at_runtime():
         """
         import importlib, json, pkgutil
         imported, failed = [], {}
-        for package in ("rollout_worker", "trainer", "shared_schemas"):
+        for package in ("rollout_worker", "trainer", "looper_common", "shared_schemas"):
             module = importlib.import_module(package)
             imported.append(package)
             for info in pkgutil.walk_packages(module.__path__, package + "."):
@@ -148,7 +148,7 @@ def test_stub_service_runs_without_the_private_modules():
         """
         import random, threading, time
         import httpx, uvicorn
-        from looper.local_service import free_port
+        from looper_common.local_service import free_port
         from looper.samples import sample_group
         from reward_service.app import create_app
         from reward_service.settings import ServiceSettings
@@ -262,6 +262,17 @@ def imported_packages(package: str) -> set[str]:
     return found
 
 
-def test_the_service_imports_no_client_or_training_code():
-    assert not imported_packages("reward_service") & {"trainer", "rollout_worker", "looper", "experiments", "bench"}
-    assert not imported_packages("shared_schemas") & {"reward_service", "trainer", "rollout_worker", "looper"}
+# each package and the packages it must not import: the layers, top down, are looper (the CLI) > trainer >
+# rollout_worker > looper_common > shared_schemas, with reward_service on shared_schemas alone
+LAYERS = {
+    "trainer": {"looper", "reward_service", "experiments", "bench"},
+    "rollout_worker": {"trainer", "looper", "reward_service", "experiments", "bench"},
+    "looper_common": {"rollout_worker", "trainer", "looper", "reward_service", "experiments", "bench"},
+    "shared_schemas": {"looper_common", "rollout_worker", "trainer", "looper", "reward_service"},
+    "reward_service": {"looper_common", "rollout_worker", "trainer", "looper", "experiments", "bench"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_package_imports_one_above_it(package):
+    assert not imported_packages(package) & LAYERS[package]

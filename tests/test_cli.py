@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from looper.local_service import local_service
+from looper_common.local_service import local_service
 from shared_schemas.models import ScoreRequest, Trajectory
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from looper.local_service import free_port, local_service
 from looper.samples import sample_group
+from looper_common.local_service import free_port, local_service
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import PromptQuestion, PromptsRequest, ScoreRequest, ScoreResponse
 

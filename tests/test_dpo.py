@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from looper.cli import main
+from looper_common.modeling import load_model, load_tokenizer, resolve_source
 from shared_schemas.models import RolloutRecord, RolloutTrajectory, ScoringWeights
 from shared_schemas.prompts import build_prompt
 from trainer.data import DataError, generated_records, write_jsonl
 from trainer.dpo import AdapterUnchangedError, DPOStageConfig, ZeroGradientError, read_pairs, run_dpo
-from trainer.modeling import load_model, load_tokenizer, resolve_source
 from trainer.prefs import PrefsConfig, build_pairs
 from trainer.sft import SFTStageConfig, run_sft
 

@@ -5,8 +5,8 @@ import random
 import httpx
 import pytest
 
-from looper.local_service import local_service
 from looper.samples import sample_group
+from looper_common.local_service import local_service
 from reward_service.embeddings import Embedder
 from reward_service.regime_w import RegimeWScorer
 from reward_service.settings import ServiceSettings

@@ -150,7 +150,7 @@ def test_agreement_counts_identical_completions_and_identical_final_answers():
 def test_weight_bytes_skip_an_untied_input_embedding(tiny_model):
     import torch
 
-    from trainer.modeling import load_model
+    from looper_common.modeling import load_model
 
     bench = load_bench()
     model = load_model(str(tiny_model), dtype=torch.float32)

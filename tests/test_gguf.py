@@ -1,4 +1,4 @@
-"""A tiny Llama exported to GGUF loads back through trainer.modeling with the same tokens and logits."""
+"""A tiny Llama exported to GGUF loads back through looper_common.modeling with the same tokens and logits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from looper.tiny_model import build_tiny_model, export_gguf
-from trainer.modeling import load_model, load_tokenizer
+from looper_common.modeling import load_model, load_tokenizer
 
 TEXTS = [
     "What is 12 plus 30?",

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from looper_common.modeling import load_tokenizer
 from shared_schemas.models import PreferencePair, RolloutRecord, RolloutTrajectory, ScoringWeights
 from shared_schemas.prompts import build_prompt
 from trainer.callbacks import NonFiniteError
 from trainer.data import generated_records, write_jsonl
 from trainer.dpo import DPOStageConfig, run_dpo
-from trainer.modeling import load_tokenizer
 from trainer.rft import RFTStageConfig, run_rft
 from trainer.sft import SFTStageConfig, run_sft
 

@@ -7,9 +7,9 @@ import pytest
 from helpers import record, traj
 
 from looper.cli import main
+from looper_common.modeling import load_tokenizer
 from shared_schemas.models import PreferencePair, RolloutRecord
 from shared_schemas.prompts import build_prompt
-from trainer.modeling import load_tokenizer
 from trainer.prefs import (
     ALL_CORRECT_CORRECTNESS_ONLY,
     ALL_CORRECT_NO_GAP,

@@ -7,9 +7,9 @@ import pytest
 from helpers import completion_loss, record, traj
 
 from looper.cli import main
+from looper_common.modeling import load_model, load_tokenizer
 from shared_schemas.models import RolloutRecord
 from trainer.data import DataError, generated_records, write_jsonl
-from trainer.modeling import load_model, load_tokenizer
 from trainer.rft import RFTStageConfig, expert_iteration, run_rft, select_rows, select_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from looper.local_service import free_port
+from looper_common.local_service import free_port
+from looper_common.modeling import load_model
 from rollout_worker.client import ClientConfig
 from shared_schemas.models import ScoringWeights
 from trainer.data import generated_records, write_jsonl
-from trainer.modeling import load_model
 from trainer.rl import (
     RewardServiceFailure,
     RLStageConfig,
@@ -215,9 +215,9 @@ def mixed_prompts_file(format_model, tmp_path_factory) -> Path:
     signal in."""
     from collections import Counter
 
+    from looper_common.modeling import load_tokenizer
     from shared_schemas.answers import extract_answer
     from shared_schemas.prompts import build_prompt
-    from trainer.modeling import load_tokenizer
 
     tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
     torch.manual_seed(0)

@@ -430,7 +430,7 @@ def test_verl_reward_loop_scores_a_partial_group_after_the_wait(regime_w_service
 
 
 def test_verl_reward_loop_with_the_service_down_fails_the_step_with_the_reason(verl_tokenizer, monkeypatch):
-    from looper.local_service import free_port
+    from looper_common.local_service import free_port
     from rollout_worker.client import ClientConfig, ServiceUnavailable
     from rollout_worker.verl_reward import LooperRewardManager
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from looper.local_service import free_port, local_service
+from looper_common.jsonl import read_complete_lines
+from looper_common.local_service import free_port, local_service
 from rollout_worker import worker
 from rollout_worker.engines import GenerationRequest, HFEngine
-from rollout_worker.worker import RolloutConfig, read_complete_lines, run_rollouts
+from rollout_worker.worker import RolloutConfig, run_rollouts
 from trainer.data import generated_records, read_jsonl, write_jsonl
 
 REGIME_W_ARMS = [

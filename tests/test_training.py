@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import completion_loss
 
+from looper_common.modeling import ModelSourceError, load_model, load_tokenizer, resolve_source
 from shared_schemas.prompts import build_prompt
 from trainer.data import generated_records, write_jsonl
 from trainer.merge import MergeConfig, merge_adapter
-from trainer.modeling import ModelSourceError, load_model, load_tokenizer, resolve_source
 from trainer.sft import SFTStageConfig, prompt_completion_rows, run_sft
 
 
@@ -158,7 +158,7 @@ def test_a_hub_id_loads_from_the_local_hub_cache_offline(tiny, tmp_path):
     refs.mkdir()
     (refs / "main").write_text("0" * 40)
     code = (
-        "from trainer.modeling import load_model, load_tokenizer\n"
+        "from looper_common.modeling import load_model, load_tokenizer\n"
         "m = load_model('looper-tests/tiny'); t = load_tokenizer('looper-tests/tiny')\n"
         "print(type(m).__name__, len(t))"
     )

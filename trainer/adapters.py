@@ -19,7 +19,7 @@ def load_policy(model_spec: str, base: str | None = None, quantization: str = "n
     """The SFT model as a plain model (an adapter merged into its base in memory) and how it was given."""
     import torch
 
-    from trainer.modeling import load_model, resolve_source
+    from looper_common.modeling import load_model, resolve_source
 
     source = resolve_source(model_spec, base)
     device_map = None

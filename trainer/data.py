@@ -6,58 +6,14 @@ Every record the project writes is `{"id", "question", "answer"}` (answer: a ful
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from looper_common.jsonl import DataError, read_jsonl, write_jsonl  # noqa: F401 - re-exported for one release
+
 PLATINUM_USABLE = ("consensus", "verified", "revised")
-
-
-class DataError(ValueError):
-    """Missing files, malformed JSONL or an unreachable hub: the message says what to do."""
-
-
-def read_jsonl(path: str | Path, required: Iterable[str] = ("question", "answer")) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    required = tuple(required)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {line_no}: expected a JSON object")
-            missing = [k for k in required if not isinstance(row.get(k), str)]
-            if missing:
-                raise DataError(f"{path}, line {line_no}: missing or non-string field(s) {', '.join(missing)}")
-            rows.append(row)
-    return rows
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
-    """Write rows (atomically: temp file, fsync, rename); return the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    digest = hashlib.sha256()
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            line = json.dumps(row, ensure_ascii=False) + "\n"
-            digest.update(line.encode())
-            f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return digest.hexdigest()
 
 
 def _is_local(source: str) -> bool:

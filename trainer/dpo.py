@@ -11,7 +11,7 @@ Guards (SPEC 5: a DPO run once finished without moving the weights):
 - After training, trainable weights equal to their initial values (LoRA B still zero) raise
   AdapterUnchangedError; non-finite weights raise NonFiniteError. Nothing is saved in either case.
 
-Output: a LoRA adapter dir loadable by every stage (`trainer.modeling.load_model`), its tokenizer,
+Output: a LoRA adapter dir loadable by every stage (`looper_common.modeling.load_model`), its tokenizer,
 `looper_manifest.json` (config, pairs sha256, pairs by type, versions, first/last logged metrics) and
 `metrics.jsonl` (loss, grad norm, rewards/chosen|rejected|margins|accuracies, logps, learning rate).
 When the SFT model was an adapter, the saved adapter is the *fold* of the SFT LoRA and the DPO LoRA into one
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from looper.config import help_text
+from looper_common.config import help_text
 from trainer.adapters import load_policy, save_stacked_adapter
 from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
@@ -258,9 +258,9 @@ def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
     from datasets import Dataset
     from trl import DPOTrainer
 
+    from looper_common.modeling import load_tokenizer
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.data import DataError
-    from trainer.modeling import load_tokenizer
 
     out = Path(config.output_dir)
     checkpoints = out / "checkpoints"

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from looper.config import help_text
+from looper_common.config import help_text
+from looper_common.jsonl import append_lines, read_complete_lines, rewrite_lines
 from rollout_worker.engines import (
     Engine,
     GenerationRequest,
@@ -50,7 +51,6 @@ from rollout_worker.engines import (
     resolve_engine_kind,
     same_model,
 )
-from rollout_worker.worker import append_lines, read_complete_lines, rewrite_lines
 from shared_schemas.answers import extract_answer, parse_gold
 from shared_schemas.prompts import build_prompt
 from trainer.data import PLATINUM_USABLE, DataError, read_jsonl
@@ -536,7 +536,7 @@ def shared_engine_plan(configs: list[EvalConfig]) -> dict:
     adapter over it (its recorded base, or the config's `base`), with the same engine settings (SHARED_KEYS).
     Anything else (an adapter over another base, a merged model, a .gguf) is refused: evaluate it alone.
     """
-    from trainer.modeling import resolve_source
+    from looper_common.modeling import resolve_source
 
     if not configs:
         raise ValueError("no models to evaluate")
@@ -612,7 +612,7 @@ def configs_from_args(args) -> list[EvalConfig]:
     """`looper eval`'s configs: one for a single --model (as ever), one per model for repeated --model."""
     import argparse
 
-    from looper.config import config_from_args
+    from looper_common.config import config_from_args
 
     models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
     if len(models) <= 1:

@@ -38,8 +38,8 @@ def _max_logit_diff(a, b, mask) -> float:
 def merge_adapter(config: MergeConfig) -> Path:
     import torch
 
+    from looper_common.modeling import load_model, load_tokenizer, resolve_source
     from shared_schemas.prompts import build_prompt
-    from trainer.modeling import load_model, load_tokenizer, resolve_source
 
     source = resolve_source(config.adapter, config.base)
     if source.kind != "adapter":

@@ -25,7 +25,7 @@ from typing import Literal
 
 import yaml
 
-from looper.config import help_text
+from looper_common.config import help_text
 
 log = logging.getLogger("looper.pipeline")
 
@@ -226,12 +226,12 @@ def stage_config(cls, defaults: dict, overrides: dict):
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(sorted(unknown))}")
-    from looper.config import _scalar_type
+    from looper_common.config import scalar_type
 
     hints = typing.get_type_hints(cls)
     overrides = dict(overrides)
     for key, value in overrides.items():
-        kind = _scalar_type(hints[key])
+        kind = scalar_type(hints[key])
         if isinstance(value, str) and kind in (int, float):
             overrides[key] = kind(value)  # YAML reads 2e-3 as a string
         elif isinstance(value, str) and kind is list:
@@ -274,7 +274,7 @@ class Pipeline:
             return c.service_url, c.token_file
         folder = self.work / ("service" if scorer in (None, c.scorer) else f"service-{scorer}")
         if scorer not in self._services:
-            from looper.local_service import local_service
+            from looper_common.local_service import local_service
 
             folder.mkdir(parents=True, exist_ok=True)
             service = self._stack.enter_context(

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from looper.config import help_text
+from looper_common.config import help_text
 from shared_schemas.models import PreferencePair, RolloutRecord, RolloutTrajectory
 from trainer.data import DataError
 
@@ -265,9 +265,9 @@ def build_pairs(
 
 def run_prefs(config: PrefsConfig) -> dict:
     """Build the pairs file and its stats JSON; return the stats."""
+    from looper_common.modeling import load_tokenizer
     from shared_schemas.prompts import build_prompt
     from trainer.data import write_jsonl
-    from trainer.modeling import load_tokenizer
 
     records = read_rollouts(config.rollouts_file)
     tokenizer = load_tokenizer(config.tokenizer or config.model, config.base)

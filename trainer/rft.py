@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from looper.config import help_text
+from looper_common.config import help_text
 from shared_schemas.models import RolloutRecord, RolloutTrajectory
 from trainer.sft import LoRATraining, file_sha256
 
@@ -173,10 +173,10 @@ def select_rows(
 
 def run_rft(config: RFTStageConfig, callbacks=()) -> Path:
     """Select from `config.rollouts_file`, train with the SFT trainer; returns the adapter dir."""
+    from looper_common.modeling import load_tokenizer
     from shared_schemas.prompts import build_prompt
     from trainer.adapters import load_policy
     from trainer.data import DataError, write_jsonl
-    from trainer.modeling import load_tokenizer
     from trainer.prefs import read_rollouts
     from trainer.sft import train_prompt_completion
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from looper.config import help_text
+from looper_common.config import help_text
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import MAX_TEXT_CHARS, ScoreRequest, ScoreResponse, Trajectory, bounded_text
 from shared_schemas.prompts import build_prompt
@@ -398,8 +398,8 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
 def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     from datasets import Dataset
 
+    from looper_common.modeling import load_tokenizer
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
-    from trainer.modeling import load_tokenizer
 
     if config.algo == "grpo":
         from trl import GRPOTrainer as AlgoTrainer

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from looper.config import help_text
+from looper_common.config import help_text
 from shared_schemas.prompts import build_prompt, solution_target
 from trainer.data import read_jsonl
 
@@ -151,7 +151,7 @@ def checkpointing(config_class, enabled: bool) -> dict:
 
 def run_sft(config: SFTStageConfig, callbacks=()) -> Path:
     """`callbacks` run before the non-finite guard at every event (tests inject NaN gradients this way)."""
-    from trainer.modeling import load_tokenizer
+    from looper_common.modeling import load_tokenizer
 
     records = read_jsonl(config.train_file)[: config.max_examples]
     tokenizer = load_tokenizer(config.model)
@@ -188,8 +188,8 @@ def train_prompt_completion(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from looper_common.modeling import load_model
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
-    from trainer.modeling import load_model
 
     out = Path(config.output_dir)
     checkpoints = out / "checkpoints"

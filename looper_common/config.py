@@ -16,12 +16,12 @@ def help_text(text: str) -> dict:
     return {"help": text}
 
 
-def _scalar_type(tp):
+def scalar_type(tp):
     """The parser for a field annotation: bool/int/float/str, Optional unwrapped, Literal as str."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _scalar_type(args[0])
+        return scalar_type(args[0])
     if origin is typing.Literal:
         return str
     if origin in (list, tuple):
@@ -35,7 +35,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, repeatable: tuple[str,
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        kind = _scalar_type(hints[field.name])
+        kind = scalar_type(hints[field.name])
         doc = field.metadata.get("help", "")
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         if default is not dataclasses.MISSING and "default" not in doc:  # flags default to None: say the field's
@@ -69,7 +69,7 @@ def config_from_args(cls, args: argparse.Namespace):
         value = getattr(args, name, None)
         if value is None:
             continue
-        if _scalar_type(hints[name]) is list and isinstance(value, str):
+        if scalar_type(hints[name]) is list and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         values[name] = value
     try:

@@ -1,0 +1,1 @@
+"""The layer under the clients and the trainer: durable files and other small infrastructure they share."""
