@@ -316,7 +316,8 @@ def run_project(stage: str, cfg, timer: StepTimer) -> None:
         run_dpo(cfg, callbacks=[timer])
         return
     from looper_common.local_service import local_service
-    from trainer.rl import TOKEN_ENV, run_rl
+    from looper_common.token import TOKEN_ENV
+    from trainer.rl import run_rl
 
     with local_service(log_path=Path(cfg.output_dir) / "service.log") as service:
         os.environ[TOKEN_ENV] = service.token

@@ -12,19 +12,10 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+from looper_common.token import TOKEN_ENV, TokenFileError, read_token
 from reward_service.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
 
-TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 SCORER_NAMES = get_args(ScorerName)
-
-
-def read_token(token_file: str | None) -> str | None:
-    if token_file:
-        path = Path(token_file)
-        if not path.is_file():
-            raise SystemExit(f"looper: token file {token_file} does not exist")
-        return path.read_text().strip() or None
-    return os.environ.get(TOKEN_ENV) or None
 
 
 def service_settings(args: argparse.Namespace):
@@ -34,9 +25,13 @@ def service_settings(args: argparse.Namespace):
 
     from reward_service.settings import ServiceSettings
 
+    try:
+        token = None if args.insecure_no_auth else read_token(args.token_file)
+    except TokenFileError as exc:
+        raise SystemExit(f"looper serve: {exc}") from None
     fields = {
         "require_auth": not args.insecure_no_auth,
-        "token": None if args.insecure_no_auth else read_token(args.token_file),
+        "token": token,
         "stub": args.stub,
         "scorer": args.scorer,
         "path_mode": args.path_mode,
@@ -480,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         ServiceError,
         ServiceUnavailable,
         RewardServiceFailure,
+        TokenFileError,
     ) as exc:
         raise SystemExit(f"looper {args.command}: {exc}") from None
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from looper_common.jsonl import append_lines, read_complete_lines, read_jsonl, rewrite_lines
+from looper_common.token import TOKEN_ENV, read_token
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceUnavailable
 from rollout_worker.engines import Engine, GenerationRequest, make_engine
 from shared_schemas.models import (
@@ -43,7 +43,6 @@ from shared_schemas.models import (
 from shared_schemas.prompts import render_chat
 
 log = logging.getLogger("looper.rollouts")
-TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 PROMPT_CHUNK = 128
 
 
@@ -298,12 +297,6 @@ class RolloutRun:
         return tokens, seconds
 
 
-def read_token(config: RolloutConfig) -> str | None:
-    if config.token_file:
-        return Path(config.token_file).read_text().strip()
-    return os.environ.get(TOKEN_ENV)
-
-
 def load_questions(config: RolloutConfig) -> list[dict]:
     return read_jsonl(config.questions_file, required=("id", "question", "answer"))[: config.max_questions]
 
@@ -316,6 +309,7 @@ def run_rollouts(config: RolloutConfig, engine: Engine | None = None, questions:
     from rollout_worker import parallel
 
     questions = load_questions(config) if questions is None else questions
+    token = read_token(config.token_file)  # a bad token file is said before any model loads
     if config.data_parallel_size > 1:
         if engine is not None:
             raise ValueError("data_parallel_size > 1 starts one engine per worker process: pass no engine")
@@ -323,7 +317,7 @@ def run_rollouts(config: RolloutConfig, engine: Engine | None = None, questions:
     parallel.refuse_unfinished_shards(Path(config.output_file), 1)
     options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
     engine = engine or make_engine(config.engine, config.model, **options)
-    client_config = ClientConfig(url=config.service_url, token=read_token(config))
+    client_config = ClientConfig(url=config.service_url, token=token)
 
     async def main() -> dict:
         async with ServiceClient(client_config) as client:

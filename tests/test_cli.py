@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from looper_common.local_service import local_service
 from shared_schemas.models import ScoreRequest, Trajectory
@@ -143,3 +144,18 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_promptly():
         assert b'"correct":true' in answer
         service.process.wait(timeout=15)
         assert time.monotonic() - stopping < 12  # the README's bound: 10 s for requests in flight
+
+
+def test_every_command_reads_the_token_file_one_way(tmp_path):
+    from looper_common.token import TokenFileError, read_token
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "q", "question": "2 + 2?", "answer": "#### 4"}\n')
+    for path, message in ((tmp_path / "missing", "does not exist"), (empty, "is empty")):
+        with pytest.raises(TokenFileError, match=message):
+            read_token(path)
+        for command in (["serve"], ["rollouts", "--questions-file", str(questions), "--model", "no-model"]):
+            result = run_looper(*command, "--token-file", str(path))
+            assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr

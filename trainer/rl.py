@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from looper_common.config import help_text
+from looper_common.token import TOKEN_ENV, read_token
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import MAX_TEXT_CHARS, ScoreRequest, ScoreResponse, Trajectory, bounded_text
 from shared_schemas.prompts import build_prompt
@@ -27,7 +28,6 @@ from trainer.data import read_jsonl
 from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
 log = logging.getLogger("looper.rl")
-TOKEN_ENV = "LOOPER_SERVICE_TOKEN"
 RewardMode = Literal["regime_w", "correctness", "label_free"]
 # scorers whose responses carry the robustness score u that advantage modulation reads
 ROBUSTNESS_SCORERS = ("regime_w_v2", "random_tiebreak")
@@ -360,14 +360,6 @@ def resumed_beta(checkpoint: str | None) -> float | None:
         return None
     history = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("log_history", [])
     return next((row["beta"] for row in reversed(history) if "beta" in row), None)
-
-
-def read_token(token_file: str | None) -> str | None:
-    import os
-
-    if token_file:
-        return Path(token_file).read_text().strip()
-    return os.environ.get(TOKEN_ENV)
 
 
 def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
