@@ -20,6 +20,22 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
+TOKENIZER_STYLES = {
+    "chatml": {
+        "special_tokens": SPECIAL_TOKENS,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "additional_special_tokens": ["<|endoftext|>", "<|im_start|>"],
+        "chat_template": CHAT_TEMPLATE,
+    },
+    "llama3": {
+        "special_tokens": LLAMA3_SPECIAL_TOKENS,
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+        "chat_template": LLAMA3_TEMPLATE,
+    },
+}
 
 
 def _corpus(n: int, seed: int) -> list[str]:
@@ -37,42 +53,33 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0, style: str = "chatml"
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if style not in ("chatml", "llama3"):
-        raise ValueError(f"unknown tokenizer style {style!r}: use chatml or llama3")
+    if style not in TOKENIZER_STYLES:
+        raise ValueError(f"unknown tokenizer style {style!r}: use {' or '.join(TOKENIZER_STYLES)}")
+    layout = TOKENIZER_STYLES[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS if style == "chatml" else LLAMA3_SPECIAL_TOKENS,
+        special_tokens=layout["special_tokens"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(400, seed), trainer=trainer)
-    if style == "llama3":
-        bos = "<|begin_of_text|>"
+    bos = layout["bos_token"]
+    if bos is not None:  # the tokenizer adds its BOS in front of every text, as Llama-3's does
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
         )
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            bos_token=bos,
-            eos_token="<|eot_id|>",
-            pad_token="<|pad|>",
-            unk_token=None,
-            additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>"],
-        )
-        fast.chat_template = LLAMA3_TEMPLATE
-        return fast
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
+        bos_token=bos,
+        eos_token=layout["eos_token"],
         pad_token="<|pad|>",
         unk_token=None,
-        additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
+        additional_special_tokens=layout["additional_special_tokens"],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = layout["chat_template"]
     return fast
 
 
