@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import get_args
 
 from looper_common.token import TOKEN_ENV, TokenFileError, read_token
-from reward_service.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
+from reward_service.settings import DEFAULT_ANSWER_BUDGET_S, DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
 
 SCORER_NAMES = get_args(ScorerName)
 
@@ -288,7 +288,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--answer-budget",
         type=float,
-        default=5.0,
+        default=DEFAULT_ANSWER_BUDGET_S,
         metavar="SECONDS",
         help="LaTeX answer evaluation time per request, over all its answers; past it an answer reads as none "
         "and says answer_timeout",

@@ -186,7 +186,7 @@ def nonstandard_json(body: bytes) -> str | None:
     return None
 
 
-class BodySizeLimit:
+class BodyGuard:
     """Reads the body before the app does: 413 past the size limit (declared or streamed), 422 for a body that
     uses JSON's non-standard constants, so neither the fast path nor FastAPI ever parses one."""
 
@@ -637,7 +637,7 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     }
     token = settings.token.get_secret_value() if settings.require_auth else None
     app.add_middleware(ScoringFastPath, handlers=fast_routes, token=token)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     app.state.settings = settings
     app.state.scorer = scorer

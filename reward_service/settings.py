@@ -10,6 +10,7 @@ from shared_schemas.answers import AnswerMode
 from shared_schemas.models import MAX_BATCH_GROUPS, MAX_GROUP_SIZE, MAX_TEXT_CHARS, ScoringWeights
 
 MIN_TOKEN_CHARS = 16
+DEFAULT_ANSWER_BUDGET_S = 5.0  # LaTeX answer evaluation per request; a request's answers take milliseconds
 DEFAULT_MAX_TEXT_CHARS = 32_000  # ~8k tokens of reasoning, what DeepSeek-R1-Distill writes at length
 # the closed service's scorers (reward_service/regime_w.py describes each; GET /v1/scorers lists them)
 ScorerName = Literal["regime_w_v1", "regime_w_v2", "random_tiebreak"]
@@ -31,7 +32,7 @@ class ServiceSettings(BaseModel):
     embedding_batch_size: int = Field(64, ge=1, le=4096)
     answer_mode: AnswerMode = "strict"
     answer_budget_s: float = Field(
-        5.0,
+        DEFAULT_ANSWER_BUDGET_S,
         gt=0.0,
         le=60.0,
         description="LaTeX answer evaluation time one request may spend over all its answers; past it an answer "

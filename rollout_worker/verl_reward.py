@@ -258,6 +258,14 @@ class LooperRewardManager(_reward_manager_base()):
         self.client = client_config()
         self._waiting: dict[tuple[str, str | None], _Waiting] = {}
         self._rows = 0
+        self._http: tuple[asyncio.AbstractEventLoop, ServiceClient] | None = None
+
+    def _service(self) -> ServiceClient:
+        """One client (its connection pool) for every group scored on this event loop, not one per group."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop:
+            self._http = (loop, ServiceClient(self.client))
+        return self._http[1]
 
     @classmethod
     def init_class(cls, config, tokenizer) -> None:
@@ -312,7 +320,7 @@ class LooperRewardManager(_reward_manager_base()):
             trajectories=[Trajectory(arm_name=f"sample_{k}", text=t) for k, t in enumerate(waiting.texts)],
         )
         try:
-            (result,) = await score_groups([request], self.client)
+            (result,) = await self._service().score_batch([request], truncate=True)
         except Exception as exc:  # noqa: BLE001 - every caller of the group gets the failure
             for future in waiting.futures:
                 if not future.done():

@@ -106,10 +106,9 @@ def _first_number(segment: str) -> str | None:
         return None
     mixed = _MIXED.match(segment, number.start())
     if mixed is not None:  # `3 1/2` is three and a half
-        whole, fraction = _from_match(_SIGNED_NUM.fullmatch(mixed["whole"])), Decimal(mixed["num"])
-        if whole is None or int(mixed["den"]) == 0 or len(mixed["num"]) > _MAX_INT_DIGITS:
+        if int(mixed["den"]) == 0 or max(len(mixed["whole"]), len(mixed["num"])) > _MAX_INT_DIGITS:
             return None
-        value = Decimal(whole) + fraction / Decimal(mixed["den"])
+        value = Decimal(mixed["whole"]) + Decimal(mixed["num"]) / Decimal(mixed["den"])
         return _format(-value if mixed["sign"] else value)
     if _RUNS_ON.match(segment, number.end()):
         return None
