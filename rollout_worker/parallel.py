@@ -9,7 +9,12 @@ coordination between replicas anyway. So the worker shards the questions itself:
 - Shard k is a child process (`python -m rollout_worker.shard`) running the ordinary single-process
   worker on its questions into `<output>.shard-K-of-N.jsonl`, with its own spool and metrics, so each shard
   resumes as a single run does. `CUDA_VISIBLE_DEVICES` gives it GPU k (tensor_parallel_size GPUs where > 1,
-  taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone. Its log is
+  taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone.
+- `engines_per_gpu` K > 1 puts K shards on each GPU (shard k on GPU k // K), each with
+  gpu_memory_utilization / K: a small model's engine is bound by host work per decode step, so K engines
+  keep one GPU busier than one. vLLM sizes its KV cache from the free memory it sees while it profiles, so
+  the engines of one GPU start one after another: a shard starts once the one before it on its GPU has built
+  its engine (`<shard>.ready`) or exited. Its log is
   `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
 - When every shard has finished, the output is rewritten (temp file, then rename) with the records it had
   and the shards' records in question order, the shards' metrics are appended to `<output>.metrics.jsonl`
@@ -83,9 +88,10 @@ def refuse_unfinished_shards(output: Path, n: int) -> None:
         )
 
 
-def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES of each shard: `tensor_parallel_size` GPUs each, from the GPUs this process sees
-    (its own CUDA_VISIBLE_DEVICES, else all); None for every shard where there is no GPU."""
+def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None, engines_per_gpu: int = 1) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each shard: `tensor_parallel_size` GPUs each, shared by `engines_per_gpu`
+    consecutive shards, from the GPUs this process sees (its own CUDA_VISIBLE_DEVICES, else all); None for
+    every shard where there is no GPU."""
     environ = os.environ if environ is None else environ
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -96,13 +102,16 @@ def shard_devices(n: int, tensor_parallel_size: int = 1, environ=None) -> list[s
         ids = [str(i) for i in range(torch.cuda.device_count())]
     if not ids:
         return [None] * n
-    need = n * tensor_parallel_size
+    groups = -(-n // engines_per_gpu)  # GPU groups in use: ceil(n / engines_per_gpu)
+    need = groups * tensor_parallel_size
     if len(ids) < need:
+        per_gpu = f" at {engines_per_gpu} engines per GPU" if engines_per_gpu > 1 else ""
         raise DataParallelError(
-            f"data_parallel_size {n} x tensor_parallel_size {tensor_parallel_size} needs {need} GPUs; "
+            f"data_parallel_size {n} x tensor_parallel_size {tensor_parallel_size}{per_gpu} needs {need} GPUs; "
             f"{len(ids)} visible ({','.join(ids)})"
         )
-    return [",".join(ids[k * tensor_parallel_size : (k + 1) * tensor_parallel_size]) for k in range(n)]
+    tp = tensor_parallel_size
+    return [",".join(ids[(k // engines_per_gpu) * tp : (k // engines_per_gpu + 1) * tp]) for k in range(n)]
 
 
 def raw_records(path: Path) -> list[tuple[str, str]]:
@@ -134,17 +143,22 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
         )
     merged = raw_records(output)
     done = {qid for qid, _ in merged}
-    devices = shard_devices(n, config.tensor_parallel_size)
+    per_gpu = config.engines_per_gpu
+    devices = shard_devices(n, config.tensor_parallel_size, engines_per_gpu=per_gpu)
     started = time.monotonic()
     children: dict[int, subprocess.Popen] = {}
     stopped: set[int] = set()
     try:
-        for k in range(n):
+        # the first engine of every GPU at once, then the second of every GPU once the first is built, ...
+        for k in sorted(range(n), key=lambda k: (k % per_gpu, k // per_gpu)):
             path = shard_path(output, k, n)
             skip = done | {qid for qid, _ in raw_records(path)}
             todo = [q for q in shard_questions(questions, k, n) if q["id"] not in skip]
             if not todo and not read_complete_lines(sidecar(path, ".spool")):
                 continue  # nothing to generate or score: its records wait for the merge
+            if devices[k] is not None:
+                _wait_until_built({j: children[j] for j in _earlier_on_gpu(k, per_gpu) if j in children}, output, n)
+            sidecar(path, ".ready").unlink(missing_ok=True)
             children[k] = _start_shard(config, k, n, devices[k])
         _wait(children, output, n, len(questions) - len(done))
     finally:
@@ -184,7 +198,7 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
         metrics = [{**m, "shard": k} for m in read_complete_lines(sidecar(path, ".metrics.jsonl"))]
         if metrics:
             append_lines(sidecar(output, ".metrics.jsonl"), [json.dumps(m) for m in metrics])
-        for suffix in (".metrics.jsonl", ".summary.json", ".spool", ".lock", ""):
+        for suffix in (".metrics.jsonl", ".summary.json", ".spool", ".lock", ".ready", ""):
             sidecar(path, suffix).unlink(missing_ok=True)
 
     return {
@@ -198,6 +212,23 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
         "data_parallel_size": n,
         "shards": summaries,
     }
+
+
+def _earlier_on_gpu(k: int, per_gpu: int) -> range:
+    """The shards that share shard k's GPU and start before it."""
+    return range(k - k % per_gpu, k)
+
+
+def _wait_until_built(shards: dict[int, subprocess.Popen], output: Path, n: int) -> None:
+    """Until each of these shards has built its engine (its `.ready` file) or exited."""
+    while True:
+        waiting = [
+            k for k, p in shards.items()
+            if p.poll() is None and not sidecar(shard_path(output, k, n), ".ready").exists()
+        ]  # fmt: skip
+        if not waiting:
+            return
+        time.sleep(0.5)
 
 
 def _start_shard(config, k: int, n: int, device: str | None) -> subprocess.Popen:

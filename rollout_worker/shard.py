@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from rollout_worker.parallel import lock_shard, raw_records, shard_path, shard_questions, sidecar
-from rollout_worker.worker import RolloutConfig, load_questions, run_rollouts
+from rollout_worker.worker import RolloutConfig, build_engine, load_questions, run_rollouts
+
+log = logging.getLogger("looper.rollouts")
 
 
 def run_shard(config, k: int, n: int) -> dict:
@@ -26,7 +28,16 @@ def run_shard(config, k: int, n: int) -> dict:
     questions = [q for q in shard_questions(load_questions(config), k, n) if q["id"] not in done]
     handle = lock_shard(path)
     try:
-        summary = run_rollouts(replace(config, output_file=str(path), data_parallel_size=1), questions=questions)
+        # this engine's share of a GPU it may share with engines_per_gpu - 1 others
+        memory = config.gpu_memory_utilization / config.engines_per_gpu
+        config = replace(
+            config, output_file=str(path), data_parallel_size=1, engines_per_gpu=1, gpu_memory_utilization=memory
+        )
+        log.info("shard %d of %d: building its engine", k, n)
+        engine = build_engine(config)
+        log.info("shard %d of %d: engine built", k, n)
+        sidecar(path, ".ready").touch()  # the next engine of this GPU may start profiling its memory
+        summary = run_rollouts(config, engine, questions=questions)
         sidecar(path, ".summary.json").write_text(json.dumps(summary) + "\n")
         return summary
     finally:

@@ -6,8 +6,8 @@ already in the output, drops spooled groups among them (a kill between the appen
 leaves a group in both), scores the rest of the spool and skips those ids, so a kill -9 or a service outage
 loses nothing, redoes nothing that was finished and never writes a record twice.
 
-`data_parallel_size` N > 1 runs N such workers side by side, one per GPU, each on a shard of the questions, and
-merges their files (`rollout_worker/parallel.py`).
+`data_parallel_size` N > 1 runs N such workers side by side, one per GPU (or `engines_per_gpu` per GPU), each on
+a shard of the questions, and merges their files (`rollout_worker/parallel.py`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,14 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     data_parallel_size: int = field(
         default=1,
-        metadata={"help": "N worker processes, each on its own GPU(s) with a shard of the questions"},
+        metadata={"help": "N worker processes, each with its own engine and a shard of the questions"},
+    )
+    engines_per_gpu: int = field(
+        default=1,
+        metadata={
+            "help": "of those N engines, how many share one GPU, each with gpu_memory_utilization / K "
+            "(a small model's engine is bound by host work per step, not by the GPU)"
+        },
     )
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
@@ -83,7 +90,7 @@ class RolloutConfig:
     def __post_init__(self):
         if not self.questions_file or not self.model:
             raise ValueError("questions_file and model are required")
-        for name in ("batch_size", "tensor_parallel_size", "data_parallel_size"):
+        for name in ("batch_size", "tensor_parallel_size", "data_parallel_size", "engines_per_gpu"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -297,6 +304,11 @@ class RolloutRun:
         return tokens, seconds
 
 
+def build_engine(config: RolloutConfig) -> Engine:
+    options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
+    return make_engine(config.engine, config.model, **options)
+
+
 def load_questions(config: RolloutConfig) -> list[dict]:
     return read_jsonl(config.questions_file, required=("id", "question", "answer"))[: config.max_questions]
 
@@ -310,13 +322,17 @@ def run_rollouts(config: RolloutConfig, engine: Engine | None = None, questions:
 
     questions = load_questions(config) if questions is None else questions
     token = read_token(config.token_file)  # a bad token file is said before any model loads
+    if config.engines_per_gpu > config.data_parallel_size:
+        raise ValueError(
+            f"engines_per_gpu {config.engines_per_gpu} > data_parallel_size {config.data_parallel_size}: "
+            "data_parallel_size counts every engine, so pass it at least engines_per_gpu"
+        )
     if config.data_parallel_size > 1:
         if engine is not None:
             raise ValueError("data_parallel_size > 1 starts one engine per worker process: pass no engine")
         return parallel.run_data_parallel(config, questions)
     parallel.refuse_unfinished_shards(Path(config.output_file), 1)
-    options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
-    engine = engine or make_engine(config.engine, config.model, **options)
+    engine = engine or build_engine(config)
     client_config = ClientConfig(url=config.service_url, token=token)
 
     async def main() -> dict:

@@ -187,3 +187,53 @@ def test_multi_gpu_bench_rollouts_two_replicas_write_what_one_writes(
     c = result["comparison"]
     assert c["files_identical"] and c["same_arms"] and c["trajectories_identical"] == c["trajectories"] == 66
     assert c["generate_tokens_per_s_ratio"] > 0 and c["wall_tokens_per_s_ratio"] > 0
+
+
+# --- rollout_engines_bench: K engines on one GPU against one, through the real rollouts and service ---------
+
+
+def test_generation_span_runs_from_the_first_batch_start_to_the_last_batch_end():
+    bench = load_bench("rollout_engines_bench")
+    metrics = [
+        {"finished_at": 12.0, "generate_seconds": 2.0},  # engine 0: 10 -> 12
+        {"finished_at": 15.0, "generate_seconds": 4.0},  # engine 1: 11 -> 15
+    ]
+    assert bench.generation_span(metrics) == 5.0
+
+
+def test_rollout_engines_bench_runs_each_engine_count_and_records_its_figures(tiny_model, tmp_path, monkeypatch):
+    from looper_common.jsonl import write_jsonl
+    from trainer.data import generated_records
+
+    bench = load_bench("rollout_engines_bench")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # both engines of K=2 on one "GPU" (the HF engine stays on CPU)
+    questions = tmp_path / "q.jsonl"
+    write_jsonl(questions, generated_records(4, seed=3))
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps([{"name": "platinum_eval_wall_s", "value": 1.0}]))
+    out = tmp_path / "bench.json"
+    result = bench.main([
+        "--model", str(tiny_model), "--questions", str(questions), "--engines", "2,1", "--engine", "hf",
+        "--max-questions", "4", "--batch-size", "2", "--max-new-tokens", "8", "--stub",
+        "--workdir", str(tmp_path / "work"), "--out", str(out), "--figures", str(figures),
+    ])  # fmt: skip
+    rows = result["rows"]
+    assert [r["engines"] for r in rows] == [1, 2] and all(r["questions"] == 4 for r in rows)
+    assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] > 0  # same work for every K
+    assert json.loads(out.read_text())["rows"] == rows
+    recorded = {f["name"]: f for f in json.loads(figures.read_text())}
+    assert set(recorded) == {"platinum_eval_wall_s", "rollouts_tok_s", "rollouts_vs_single_engine"}
+    best = max(rows, key=lambda r: r["generation_tok_s"])
+    assert recorded["rollouts_tok_s"]["value"] == best["generation_tok_s"]
+    assert recorded["rollouts_vs_single_engine"]["value"] == round(
+        best["generation_tok_s"] / rows[0]["generation_tok_s"], 2
+    )
+    assert {"command", "gpu", "date", "torch", "vllm", "baseline", "unit"} <= set(recorded["rollouts_tok_s"])
+
+
+def test_rollout_engines_bench_needs_the_single_engine_baseline(tmp_path):
+    bench = load_bench("rollout_engines_bench")
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "m", "--questions", "q", "--engines", "2,3"])

@@ -216,6 +216,46 @@ def test_shard_devices_pin_each_shard_to_its_own_gpus():
         shard_devices(2, 2, environ={"CUDA_VISIBLE_DEVICES": "0,1"})
 
 
+def test_engines_per_gpu_share_each_gpu_in_order():
+    from rollout_worker.parallel import DataParallelError, shard_devices
+
+    assert shard_devices(4, environ={"CUDA_VISIBLE_DEVICES": "0"}, engines_per_gpu=4) == ["0"] * 4
+    assert shard_devices(4, environ={"CUDA_VISIBLE_DEVICES": "5,6"}, engines_per_gpu=2) == ["5", "5", "6", "6"]
+    assert shard_devices(3, environ={"CUDA_VISIBLE_DEVICES": "0,1"}, engines_per_gpu=2) == ["0", "0", "1"]
+    assert shard_devices(2, 2, environ={"CUDA_VISIBLE_DEVICES": "0,1"}, engines_per_gpu=2) == ["0,1", "0,1"]
+    with pytest.raises(DataParallelError, match="at 2 engines per GPU needs 3 GPUs"):
+        shard_devices(6, environ={"CUDA_VISIBLE_DEVICES": "0,1"}, engines_per_gpu=2)
+
+
+def test_more_engines_per_gpu_than_engines_is_refused(tmp_path, questions):
+    config = RolloutConfig(questions_file=str(questions), model="m", data_parallel_size=1, engines_per_gpu=2)
+    with pytest.raises(ValueError, match="pass it at least engines_per_gpu"):
+        run_rollouts(config, questions=[])
+
+
+def test_engines_sharing_a_gpu_start_one_after_another_and_write_what_one_process_writes(
+    tiny_model, questions, stub_service, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LOOPER_SERVICE_TOKEN", stub_service.token)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one = run_rollouts(dp_config(tiny_model, questions, tmp_path / "dp1.jsonl", stub_service.url, 6, 1))
+    # both shards pinned to "GPU 0" (the HF engine still runs on this CPU): the second waits for the first's engine
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    config = dp_config(tiny_model, questions, tmp_path / "dp2.jsonl", stub_service.url, 6, 2, engines_per_gpu=2)
+    two = run_rollouts(config)
+    assert (tmp_path / "dp2.jsonl").read_bytes() == (tmp_path / "dp1.jsonl").read_bytes()
+    assert two["records"] == one["records"] == 6 and len(two["shards"]) == 2
+    logs = [(tmp_path / f"dp2.jsonl.shard-{k}-of-2.jsonl.log").read_text() for k in (0, 1)]
+
+    def logged_at(log: str, event: str) -> str:
+        return next(line for line in log.splitlines() if event in line)[:23]  # asctime, to the millisecond
+
+    assert logged_at(logs[1], "building its engine") >= logged_at(logs[0], "engine built")
+    left = sorted(p.name for p in tmp_path.iterdir() if ".shard-" in p.name)
+    assert left == ["dp2.jsonl.shard-0-of-2.jsonl.log", "dp2.jsonl.shard-1-of-2.jsonl.log"]  # no .ready left
+
+
 def test_data_parallel_in_one_engine_is_refused_with_what_to_do_instead(tmp_path):
     """vLLM's offline LLM raises for data_parallel_size > 1 (0.26: "not supported for single-process usage");
     the engine and eval say so before vLLM is even imported."""
