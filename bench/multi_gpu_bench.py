@@ -46,6 +46,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from looper_common.jsonl import read_rows
+
 
 def _cuda_devices() -> int:
     import torch
@@ -101,7 +103,7 @@ def step_noise(losses: list[float]) -> float:
 
 def read_dpo_metrics(path: Path) -> dict:
     """Per-step loss (and DPO margins) and the Trainer's closing speed figures from a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     steps = [r for r in rows if "loss" in r and "train_loss" not in r]
     final = next((r for r in reversed(rows) if "train_runtime" in r), {})
     return {
@@ -260,8 +262,8 @@ def bench_dpo(args) -> dict:
 
 
 def compare_outputs(a: Path, b: Path) -> dict:
-    ra = {r["question_id"]: r for r in map(json.loads, a.read_text().splitlines())}
-    rb = {r["question_id"]: r for r in map(json.loads, b.read_text().splitlines())}
+    ra = {r["question_id"]: r for r in read_rows(a)}
+    rb = {r["question_id"]: r for r in read_rows(b)}
     common = [q for q in ra if q in rb]
     arms = all([t["arm_name"] for t in ra[q]["trajectories"]] == [t["arm_name"] for t in rb[q]["trajectories"]] for q in common)  # fmt: skip
     same_q = [
@@ -283,8 +285,7 @@ def compare_outputs(a: Path, b: Path) -> dict:
 def metrics_generate_seconds(path: Path) -> float:
     """The slowest shard's generation time (sum of its engine calls) from `<output>.metrics.jsonl`."""
     by_shard: dict = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_rows(path):
         by_shard[row.get("shard")] = by_shard.get(row.get("shard"), 0.0) + row["generate_seconds"]
     return max(by_shard.values(), default=0.0)
 

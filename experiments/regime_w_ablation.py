@@ -42,6 +42,7 @@ from typing import Literal
 
 import yaml
 
+from looper_common.jsonl import read_rows
 from trainer.pipeline import (
     MANIFEST,
     Pipeline,
@@ -398,7 +399,7 @@ def _rl_training(path: Path) -> dict | None:
     """Reward-service accuracy over the first and last tenth of the GRPO run's scored batches."""
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     if not rows:
         return None
     k = max(1, len(rows) // 10)

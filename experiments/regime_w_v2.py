@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE))
 
 from regime_w_ablation import SMOKE, Ablation, load_config_file, smoke_inputs  # noqa: E402
 
+from looper_common.jsonl import read_rows  # noqa: E402
 from trainer.pipeline import Unit, hashed, merge, run_sft_stage, stage_config  # noqa: E402
 
 log = logging.getLogger("looper.regime_w_v2")
@@ -292,7 +293,7 @@ def _json(path: Path) -> dict | None:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return read_rows(path) if path.is_file() else []
 
 
 def training_stats(arm_dir: Path) -> dict:

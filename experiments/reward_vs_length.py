@@ -33,6 +33,7 @@ import statistics
 from itertools import combinations
 from pathlib import Path
 
+from looper_common.jsonl import read_rows
 from reward_service.arms import REGIME_W_ARMS
 from reward_service.regime_w import SCORERS
 from shared_schemas.answers import majority_answer
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
-    records = [json.loads(line) for line in Path(args.rollouts).read_text().splitlines() if line.strip()]
+    records = read_rows(args.rollouts, kind="rollout record")
     result = {"rollouts": args.rollouts, "questions": len(records), **length_bias(records)}
     if all("text" in t for r in records for t in r["trajectories"]):
         result["designs"] = all_designs(requests_of(records))

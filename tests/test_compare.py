@@ -135,7 +135,7 @@ def test_missing_gold_and_foreign_files_are_clear_errors(two_evals, tmp_path):
     with pytest.raises(CompareError, match="3 of 40 questions have no gold answer"):
         load_run(tmp_path / "nogold.jsonl")
     (tmp_path / "rollouts.jsonl").write_text(json.dumps({"question_id": "q0", "trajectories": []}) + "\n")
-    with pytest.raises(CompareError, match="not an eval predictions file"):
+    with pytest.raises(CompareError, match="line 1: not a row of an eval predictions file"):
         load_run(tmp_path / "rollouts.jsonl")
     with pytest.raises(CompareError, match="no predictions.jsonl"):
         load_run(tmp_path / "missing")

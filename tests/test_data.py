@@ -25,6 +25,30 @@ def test_read_jsonl_names_the_bad_line(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
+def test_a_later_stage_skips_a_torn_last_line_and_leaves_the_file_alone(tmp_path, caplog):
+    from looper_common.jsonl import read_rows
+    from shared_schemas.models import PreferencePair
+
+    rows = [json.dumps({"k": i}) for i in range(3)]
+    path = tmp_path / "run.jsonl"
+    path.write_text("\n".join(rows) + "\n" + rows[0][:5])  # a kill cut the fourth line short
+    before = path.read_bytes()
+    assert read_rows(path) == [{"k": 0}, {"k": 1}, {"k": 2}]
+    assert "skipping a torn last line of 5 bytes" in caplog.text and path.read_bytes() == before
+    # a whole last line without its newline (written by hand) is a row, not a torn one
+    path.write_text("\n".join(rows))
+    assert len(read_rows(path)) == 3
+    # anywhere else, a bad line is an error naming the line and what was expected
+    path.write_text("\n".join([rows[0], "{oops", rows[1]]) + "\n")
+    with pytest.raises(DataError, match=r"run.jsonl, line 2: not a JSON object \(Expecting"):
+        read_rows(path)
+    path.write_text(json.dumps({"prompt": "p"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: not a preference pair \(question_id: Field required\)"):
+        read_rows(path, PreferencePair.model_validate_json, "preference pair")
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl")
+
+
 def test_hub_id_while_offline_says_to_pass_a_local_path(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="pass a local JSONL file"):

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from looper_common.jsonl import read_rows
 from trainer.data import DataError
 from trainer.evaluate import PREDICTIONS, SUMMARY
 
@@ -107,6 +108,14 @@ class EvalRun:
         return repeat.get(mode) if repeat else None
 
 
+def _prediction(line: str) -> dict:
+    row = json.loads(line)
+    missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return row
+
+
 def load_run(path: str | Path, name: str | None = None) -> EvalRun:
     """An eval output dir (predictions.jsonl + summary.json) or a predictions JSONL file."""
     path = Path(path)
@@ -120,18 +129,11 @@ def load_run(path: str | Path, name: str | None = None) -> EvalRun:
         raise CompareError(f"{path}: no {PREDICTIONS} (pass an eval output dir or a predictions JSONL file)")
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     rows: dict[str, dict] = {}
-    for line_no, line in enumerate(predictions.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise CompareError(f"{predictions}, line {line_no}: not valid JSON") from None
-        missing = [k for k in REQUIRED if k not in row]
-        if missing:
-            raise CompareError(
-                f"{predictions}, line {line_no}: missing {', '.join(missing)}: not an eval predictions file"
-            )
+    try:
+        parsed = read_rows(predictions, _prediction, "row of an eval predictions file")
+    except DataError as exc:
+        raise CompareError(str(exc)) from None
+    for row in parsed:
         if row["id"] in rows:
             raise CompareError(f"{predictions}: id {row['id']!r} occurs twice")
         rows[row["id"]] = row

@@ -185,25 +185,11 @@ def adapter_change(model, snapshot: dict) -> dict:
 
 
 def read_pairs(path: str | Path) -> list:
-    from pydantic import ValidationError
-
+    """Validated pairs of a preference-pairs JSONL file (`read_rows`: a torn last line is skipped)."""
+    from looper_common.jsonl import read_rows
     from shared_schemas.models import PreferencePair
-    from trainer.data import DataError
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            pairs.append(PreferencePair.model_validate_json(line))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "pair"
-            raise DataError(f"{path}, line {line_no}: not a preference pair ({where}: {first['msg']})") from None
-    return pairs
+    return read_rows(path, PreferencePair.model_validate_json, "preference pair")
 
 
 def check_prompt_format(pairs: list, tokenizer, path: str | Path) -> None:

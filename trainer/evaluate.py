@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 from looper_common.config import help_text
-from looper_common.jsonl import append_lines, read_complete_lines, rewrite_lines
+from looper_common.jsonl import append_lines, read_complete_lines, rewrite_lines, write_json
 from rollout_worker.engines import (
     Engine,
     GenerationRequest,
@@ -388,12 +388,6 @@ def _check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def run_once(
     engine: Engine,
     config: EvalConfig,
@@ -515,7 +509,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
     for message in meta["nondeterministic_ops"]:
         log.warning("not deterministic in this eval: %s", message)
     summary = build_summary(config, info, runs, read_complete_lines(out / METRICS), meta)
-    _write_json(out / SUMMARY, summary)
+    write_json(out / SUMMARY, summary)
     if summary["truncated"] > 0.05 * summary["questions"]:
         log.warning(
             "%d of %d answers hit max_new_tokens=%d: raise --max-new-tokens",

@@ -26,6 +26,7 @@ from typing import Literal
 import yaml
 
 from looper_common.config import help_text
+from looper_common.jsonl import write_json
 
 log = logging.getLogger("looper.pipeline")
 
@@ -494,9 +495,7 @@ class Pipeline:
             "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        tmp.replace(manifest_path)
+        write_json(manifest_path, manifest, default=str)
         pending_path.unlink(missing_ok=True)
         self.hashes[unit.name] = h
         self.summary["ran"].append(unit.name)

@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from looper_common.config import help_text
+from looper_common.jsonl import read_rows
 from shared_schemas.models import PreferencePair, RolloutRecord, RolloutTrajectory
-from trainer.data import DataError
 
 log = logging.getLogger("looper.prefs")
 
@@ -94,25 +92,8 @@ def stats_path(output_file: str | Path) -> Path:
 
 
 def read_rollouts(path: str | Path) -> list[RolloutRecord]:
-    """Validated records of a rollouts JSONL file; a torn last line (a killed writer) is skipped with a warning."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(RolloutRecord.model_validate_json(line))
-        except ValidationError as exc:
-            if line_no == len(lines) and not path.read_bytes().endswith(b"\n"):
-                log.warning("%s: skipping a torn last line", path)
-                continue
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "record"
-            raise DataError(f"{path}, line {line_no}: not a rollout record ({where}: {first['msg']})") from None
-    return records
+    """Validated records of a rollouts JSONL file (`read_rows`: a torn last line is skipped with a warning)."""
+    return read_rows(path, RolloutRecord.model_validate_json, "rollout record")
 
 
 @dataclass(frozen=True)
