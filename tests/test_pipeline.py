@@ -6,7 +6,7 @@ import json
 import pytest
 
 from looper.cli import main
-from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_config, run_pipeline
+from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_config, load_preset, run_pipeline
 
 TRAIN = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, lora_r=4, lora_alpha=8, save_steps=1000)
 
@@ -86,7 +86,7 @@ def test_every_stage_runs_then_a_rerun_skips_and_a_change_reruns_only_what_follo
 def test_presets_and_overrides_merge_per_stage():
     demo = build_config("demo", {"model": "models/smol", "dpo": {"learning_rate": 1e-6}})
     assert demo.engine == "hf" and demo.generated > 0 and demo.start_service
-    assert demo.dpo["learning_rate"] == 1e-6 and demo.dpo["max_steps"] == PRESETS["demo"]["dpo"]["max_steps"]
+    assert demo.dpo["learning_rate"] == 1e-6 and demo.dpo["max_steps"] == load_preset("demo")["dpo"]["max_steps"]
     big = build_config("h100-8b")
     assert big.model == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" and big.quantization == "4bit"
     assert build_config("gpu-small").engine == "vllm"
@@ -122,3 +122,16 @@ def test_a_killed_stage_continues_in_place_and_a_changed_one_starts_over(tmp_pat
     assert pipeline.summary["skipped"] == ["s"] and len(calls) == 2
     pipeline.run_unit(unit({"lr": 2}, fail=False))  # changed: the directory starts empty
     assert calls[2] == [PENDING] and pipeline.summary["ran"] == ["s", "s"]
+
+
+def test_named_presets_are_yaml_files_that_build_a_config(tmp_path):
+    assert PRESETS == ("demo", "gpu-small", "h100-8b")
+    for name in PRESETS:
+        config = build_config(name, {"model": "some/model"})
+        assert config.start_service and config.work_dir == f"runs/pipeline-{name}"
+    assert load_preset("demo")["sft"]["learning_rate"] == 3e-4  # a float, not the string "3e-4"
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("work_dir: runs/mine\ngenerated: 5\ngenerated_eval: 5\n")
+    assert build_config(str(custom), {"model": "m"}).work_dir == "runs/mine"
+    with pytest.raises(ValueError, match="unknown preset 'nope': one of demo, gpu-small, h100-8b or a YAML file"):
+        load_preset("nope")

@@ -38,103 +38,9 @@ MODELS = ("base", "sft", "dpo", "rl")
 # per-run values (a started service gets a new port and token each time): not part of any hash
 UNHASHED = ("service_url", "token_file")
 
-PRESETS: dict[str, dict] = {
-    # CPU: a converted SmolLM2-135M-Instruct dir given by --model, generated problems, the HF engine.
-    # Sized so that `make demo` takes ~11 minutes on a 2-core CPU and still shows SFT significantly above
-    # the base (measured: base 2.7%, SFT 25.3% strict on the 150 held-out problems, McNemar p = 1.2e-10)
-    "demo": {
-        "work_dir": "runs/pipeline-demo",
-        "generated": 400,  # more than SFT's 80 x 4 examples: no training problem is seen twice
-        # 150 held-out problems: SFT vs base stays far beyond p < 0.05, and each model's eval takes ~80 s
-        "generated_eval": 150,
-        # 1-2 step problems: 80 SFT steps teach a 135M model the answer format and a quarter of these, where
-        # on 1-6 step problems a few minutes of SFT stayed within noise of the base (8.3% vs 5.0% of 60)
-        "generated_max_steps": 2,
-        "start_service": True,
-        "engine": "hf",
-        # ~3 s per step on the 2-core CPU; 60 steps reached 16.7% on 120 of these problems, 80 steps 27.5%
-        "sft": {
-            "max_steps": 80,
-            "learning_rate": 3e-4,
-            "per_device_train_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "max_length": 256,
-            "lora_r": 16,
-            "lora_alpha": 32,
-            "warmup_steps": 0.05,
-            "logging_steps": 5,
-            "save_steps": 20,
-        },
-        # under the service's arm prompts and temperatures the SFT model matches the gold answer in 1 of 88
-        # trajectories, too few for correctness pairs, so the demo's rollouts are scored label-free: majority
-        # answers give DPO its pairs (~50 from 8 questions, more than its 10 x 4); answers ran to 79 tokens at most
-        "rollouts": {
-            "max_questions": 8,
-            "batch_size": 8,
-            "max_new_tokens": 96,
-            "dtype": "float32",
-            "label_free": True,
-        },
-        "prefs": {},
-        "dpo": {
-            "max_steps": 10,
-            "learning_rate": 5e-5,
-            "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 2,
-            "max_length": 256,  # a prompt (~130 tokens) and a completion of at most 96
-            "logging_steps": 5,
-            "save_steps": 10,
-        },
-        # 2 prompts x 4 completions per step: 12-16 s a step on the 2-core CPU, where 4 prompts took ~30 s
-        "rl": {
-            "max_steps": 4,
-            "num_generations": 4,
-            "per_device_train_batch_size": 8,
-            "steps_per_generation": 1,
-            "max_completion_length": 96,
-            "learning_rate": 5e-6,
-            "save_steps": 5,
-        },
-        # the trained models answer within 70 tokens; the base runs on (135 of 150 hit the cap), so 80 tokens
-        # bound its eval: it got 4 of 150 right with 80 and with 96. 32 rows per generate call ran 10-20%
-        # faster than 16 on the 2-core CPU
-        "eval": {"max_new_tokens": 80, "dtype": "float32", "max_batch_size": 32, "chunk_size": 32},
-        "compare": {"n_resamples": 2000},
-    },  # fmt: skip
-    # one GPU: Qwen2.5-Coder-0.5B-Instruct, GSM8K + Platinum, vLLM for rollouts and evals
-    "gpu-small": {
-        "model": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
-        "work_dir": "runs/pipeline-gpu-small",
-        "gsm8k": "openai/gsm8k",
-        "platinum": "madrylab/gsm8k-platinum",
-        "start_service": True,
-        "engine": "vllm",
-        "sft": {
-            "max_steps": 500,
-            "per_device_train_batch_size": 8,
-            "gradient_accumulation_steps": 2,
-            "save_steps": 100,
-        },
-        "rollouts": {"max_questions": 500, "batch_size": 64},
-        "dpo": {"max_steps": 300, "per_device_train_batch_size": 4, "save_steps": 100},
-        "rl": {"max_steps": 200, "per_device_train_batch_size": 16, "max_prompts": 2000, "save_steps": 50},
-        "eval": {"max_new_tokens": 512},
-    },
-    # H100: DeepSeek-R1-Distill-Llama-8B with 4-bit QLoRA, the stages' own (SPEC 4) defaults, vLLM
-    "h100-8b": {
-        "model": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "work_dir": "runs/pipeline-h100-8b",
-        "gsm8k": "openai/gsm8k",
-        "platinum": "madrylab/gsm8k-platinum",
-        "start_service": True,
-        "engine": "vllm",
-        "quantization": "4bit",
-        "sft": {"gradient_checkpointing": True},
-        "dpo": {"gradient_checkpointing": True},
-        "rl": {"gradient_checkpointing": True},
-        "eval": {"max_new_tokens": 1024},
-    },
-}
+# the named presets: YAML files shipped with the package (trainer/presets/NAME.yaml), comments and all
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
 @dataclass
@@ -201,12 +107,11 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def load_preset(name: str) -> dict:
-    if name in PRESETS:
-        return copy.deepcopy(PRESETS[name])
-    path = Path(name)
-    if path.is_file():
-        return yaml.safe_load(path.read_text()) or {}
-    raise ValueError(f"unknown preset {name!r}: one of {', '.join(PRESETS)} or a YAML file")
+    """A named preset (one of PRESETS) or a YAML file of the same shape."""
+    path = PRESET_DIR / f"{name}.yaml" if name in PRESETS else Path(name)
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}: one of {', '.join(PRESETS)} or a YAML file")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def build_config(preset: str | None = None, values: dict | None = None) -> PipelineConfig:
