@@ -42,48 +42,27 @@ from typing import Literal
 
 import yaml
 
-from looper_common.jsonl import read_rows
-from trainer.pipeline import (
-    MANIFEST,
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # its parts beside it, also when loaded from a file (tests, regime_w_v2.py)
+
+from ablation_design import DPO_ARMS, EVAL_SETS, HEAD_TO_HEAD, MODELS, PREFS_OF, RL_ARMS  # noqa: E402
+from ablation_estimate import plan, print_plan  # noqa: E402
+from ablation_report import README, write_readme, write_results  # noqa: E402
+
+from trainer.pipeline import (  # noqa: E402
     Pipeline,
     Unit,
     hashed,
     merge,
-    run_compare_stage,
-    run_dpo_stage,
-    run_prefs_stage,
-    run_sft_stage,
     stage_config,
 )
 
 log = logging.getLogger("looper.ablation")
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "regime_w_ablation.yaml"
-README = HERE / "README.md"
-README_IMAGE = HERE / "results" / "regime_w_ablation.png"
-RESULTS_START, RESULTS_END = "<!-- ablation-results:start -->", "<!-- ablation-results:end -->"
 
 STAGES = ("data", "sft", "rollouts", "prefs", "dpo", "rl", "eval", "compare", "results")
 BLOCKS = ("sft", "rollouts", "prefs", "dpo", "rl", "eval", "compare")
-EVAL_SETS = ("platinum", "dev")
-# the arms: each pair differs in the one field set here
-DPO_ARMS = {"dpo_regime_w": ["correctness", "coherence"], "dpo_correctness": ["correctness"]}
-RL_ARMS = {"grpo_regime_w": "regime_w", "grpo_correctness": "correctness"}
-PREFS_OF = {"dpo_regime_w": "prefs_regime_w", "dpo_correctness": "prefs_correctness"}
-MODELS = ("base", "sft", *DPO_ARMS, *RL_ARMS)
-DESCRIPTION = {
-    "base": "the base model as released",
-    "sft": "LoRA SFT on GSM8K train",
-    "dpo_regime_w": "SFT + DPO, Regime W pairs (correctness + coherence)",
-    "dpo_correctness": "SFT + DPO, correctness-only pairs",
-    "grpo_regime_w": "SFT + GRPO, Regime W reward",
-    "grpo_correctness": "SFT + GRPO, correctness reward (1.0 / -0.5)",
-}
-HEAD_TO_HEAD = (
-    ("dpo_regime_w", "dpo_correctness", "DPO: Regime W pairs − correctness-only pairs"),
-    ("grpo_regime_w", "grpo_correctness", "GRPO: Regime W reward − correctness reward"),
-)
 # set by the script: the arms' own settings, the wiring between stages, the seeds
 RESERVED = {
     "sft": ("model", "train_file", "output_dir", "seed"),
@@ -247,18 +226,6 @@ class Ablation(Pipeline):
 
         return prepare_data(self.work / "data", **values)
 
-    def _rollouts(self, config):
-        from rollout_worker.worker import run_rollouts
-
-        config.service_url, config.token_file = self.service()
-        return self.call(run_rollouts, config)
-
-    def _rl(self, config):
-        from trainer.rl import run_rl
-
-        config.service_url, config.token_file = self.service()
-        return str(self.call(run_rl, config))
-
     def eval_files(self) -> dict[str, Path]:
         return {name: self.work / "data" / f"{name}.jsonl" for name in self.config.eval_sets}
 
@@ -270,12 +237,7 @@ class Ablation(Pipeline):
         return {"base": self.config.model, "sft": str(d / "sft"), **{m: str(d / m) for m in (*DPO_ARMS, *RL_ARMS)}}
 
     def units(self) -> list[Unit]:
-        from rollout_worker.worker import RolloutConfig
-        from trainer.dpo import DPOStageConfig
         from trainer.evaluate import EvalConfig, eval_many
-        from trainer.prefs import PrefsConfig
-        from trainer.rl import RLStageConfig
-        from trainer.sft import SFTStageConfig
 
         c, w = self.config, self.work
         train = str(w / "data" / "train.jsonl")
@@ -289,33 +251,23 @@ class Ablation(Pipeline):
             common = {"engine": c.engine, "quantization": c.quantization, "seed": seed}
             dirs = self.model_dirs(seed)
             sft_dir, rollouts_file = Path(dirs["sft"]), d / "rollouts" / "rollouts.jsonl"
-            sft = stage_config(SFTStageConfig, {**common, "model": c.model, "train_file": train,
-                                                "output_dir": str(sft_dir)}, c.sft)  # fmt: skip
-            units.append(Unit(f"{p}sft", "sft", sft_dir, sft, ["data"], (lambda sft=sft: self.call(run_sft_stage, sft)),
-                              [sft_dir / "adapter_config.json"]))  # fmt: skip
-            rollouts = stage_config(RolloutConfig, {**common, "questions_file": train, "output_file": str(rollouts_file),
-                                                    "model": str(sft_dir)}, c.rollouts)  # fmt: skip
-            units.append(Unit(f"{p}rollouts", "rollouts", rollouts_file.parent, rollouts, ["data", f"{p}sft"],
-                              (lambda r=rollouts: self._rollouts(r)), [rollouts_file]))  # fmt: skip
+            model = {**common, "model": str(sft_dir)}  # the stages after SFT start from its adapter
+            units.append(self.sft_unit(f"{p}sft", {**common, "model": c.model, "train_file": train,
+                                                   "output_dir": str(sft_dir)}, c.sft, ["data"]))  # fmt: skip
+            units.append(self.rollouts_unit(f"{p}rollouts", {**model, "questions_file": train,
+                                                             "output_file": str(rollouts_file)},
+                                            c.rollouts, ["data", f"{p}sft"]))  # fmt: skip
             for arm, pair_types in DPO_ARMS.items():
                 name = PREFS_OF[arm]
                 pairs_file = d / name / "pairs.jsonl"
-                prefs = stage_config(PrefsConfig, {**common, "rollouts_file": str(rollouts_file),
-                                                   "output_file": str(pairs_file), "model": str(sft_dir)},
-                                     {**c.prefs, "pair_types": pair_types})  # fmt: skip
-                units.append(Unit(f"{p}{name}", "prefs", pairs_file.parent, prefs, [f"{p}sft", f"{p}rollouts"],
-                                  (lambda prefs=prefs: run_prefs_stage(prefs)), [pairs_file]))  # fmt: skip
-                out = Path(dirs[arm])
-                dpo = stage_config(DPOStageConfig, {**common, "model": str(sft_dir), "pairs_file": str(pairs_file),
-                                                    "output_dir": str(out)}, c.dpo)  # fmt: skip
-                units.append(Unit(f"{p}{arm}", "dpo", out, dpo, [f"{p}sft", f"{p}{name}"],
-                                  (lambda dpo=dpo: self.call(run_dpo_stage, dpo)), [out / "adapter_config.json"]))  # fmt: skip
+                units.append(self.prefs_unit(f"{p}{name}", {**model, "rollouts_file": str(rollouts_file),
+                                                            "output_file": str(pairs_file)},
+                                             {**c.prefs, "pair_types": pair_types}, [f"{p}sft", f"{p}rollouts"]))  # fmt: skip
+                units.append(self.dpo_unit(f"{p}{arm}", {**model, "pairs_file": str(pairs_file), "output_dir": dirs[arm]},
+                                           c.dpo, [f"{p}sft", f"{p}{name}"]))  # fmt: skip
             for arm, reward in RL_ARMS.items():
-                out = Path(dirs[arm])
-                rl = stage_config(RLStageConfig, {**common, "model": str(sft_dir), "train_file": train,
-                                                  "output_dir": str(out)}, {**c.rl, "reward": reward})  # fmt: skip
-                units.append(Unit(f"{p}{arm}", "rl", out, rl, ["data", f"{p}sft"], (lambda rl=rl: self._rl(rl)),
-                                  [out / "adapter_config.json"]))  # fmt: skip
+                units.append(self.rl_unit(f"{p}{arm}", {**model, "train_file": train, "output_dir": dirs[arm]},
+                                          {**c.rl, "reward": reward}, ["data", f"{p}sft"]))  # fmt: skip
             # one unit evaluates all six models on every eval set in one engine (one vLLM start-up): the base and
             # the five LoRA adapters over it, each through its own LoRA; every (set, model) gets its own output dir
             evs = [stage_config(EvalConfig, {"engine": c.engine, "seed": c.data_seed, "model": dirs[m], "name": m,
@@ -331,10 +283,7 @@ class Ablation(Pipeline):
                 out = d / "compare" / set_name
                 compare = {"mode": "strict", "n_resamples": 10_000, "alpha": 0.05, **c.compare, "seed": c.data_seed,
                            "names": list(MODELS), "runs": [self._eval_dir(seed, set_name, m) for m in MODELS]}  # fmt: skip
-                compares.append(
-                    Unit(f"{p}compare:{set_name}", "compare", out, compare, [f"{p}eval"],
-                         (lambda compare=compare, out=out: run_compare_stage(compare, out)), [out / "report.md"])
-                )  # fmt: skip
+                compares.append(self.compare_unit(f"{p}compare:{set_name}", compare, out, [f"{p}eval"]))
         results = {"model": c.model, "seeds": c.seeds, "eval_sets": list(evals), "models": list(MODELS),
                    "smoke": c.smoke, "work_dir": str(w)}  # fmt: skip
         out = w / "results"
@@ -374,411 +323,6 @@ def check_pairs(units: list[Unit]) -> None:
             differ = {k for k in ca.keys() | cb.keys() if ca.get(k) != cb.get(k)} - allowed[stage]
             if differ:
                 raise ValueError(f"{a} and {b} must differ only in {sorted(allowed[stage])}; also in {sorted(differ)}")
-
-
-# ---- results
-
-
-def oriented(comparison: dict, a: str, b: str) -> dict:
-    """The pair (a, b) from a comparison, as a − b whichever order compare wrote it in."""
-    for p in comparison["pairs"]:
-        if (p["a"], p["b"]) == (a, b):
-            return dict(p)
-        if (p["a"], p["b"]) == (b, a):
-            low, high = p["bootstrap_ci95_points"]
-            return {**p, "a": a, "b": b, "diff_points": -p["diff_points"], "bootstrap_ci95_points": [-high, -low],
-                    "only_a_correct": p["only_b_correct"], "only_b_correct": p["only_a_correct"]}  # fmt: skip
-    raise KeyError(f"no pair {a} / {b} in the comparison")
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _rl_training(path: Path) -> dict | None:
-    """Reward-service accuracy over the first and last tenth of the GRPO run's scored batches."""
-    if not path.is_file():
-        return None
-    rows = read_rows(path)
-    if not rows:
-        return None
-    k = max(1, len(rows) // 10)
-    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
-    return {"batches": len(rows), "accuracy_first": mean(rows[:k], "accuracy"), "accuracy_last": mean(rows[-k:], "accuracy"),
-            "groups_without_signal": mean(rows, "groups_without_signal")}  # fmt: skip
-
-
-def collect_results(ablation: Ablation) -> dict:
-    c, w = ablation.config, ablation.work
-    out = {"model": c.model, "smoke": c.smoke, "seeds": {}, "eval_sets": list(c.eval_sets), "work_dir": str(w),
-           "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    for seed in c.seeds:
-        d = ablation.seed_dir(seed)
-        training = {}
-        for arm in DPO_ARMS:
-            m = _read_json(d / arm / "looper_manifest.json") or {}
-            stats = _read_json(d / PREFS_OF[arm] / "pairs.stats.json") or {}
-            training[arm] = {"global_step": m.get("global_step"), "train_loss": m.get("train_loss"),
-                             "pairs": stats.get("pairs"), "pairs_by_type": stats.get("pairs_by_type")}  # fmt: skip
-        for arm in RL_ARMS:
-            m = _read_json(d / arm / "looper_manifest.json") or {}
-            training[arm] = {"global_step": m.get("global_step"), "train_loss": m.get("train_loss"),
-                             "service": _rl_training(d / arm / "rewards.jsonl")}  # fmt: skip
-        sets = {}
-        for set_name in c.eval_sets:
-            comparison = json.loads((d / "compare" / set_name / "comparison.json").read_text())
-            models = {m["name"]: m for m in comparison["models"]}
-            rows = []
-            for name in MODELS:
-                m = models[name]
-                row = {"model": name, "strict": m["strict"], "flexible": m["flexible"], "noise": m["noise"]["strict"],
-                       "mean_completion_tokens": m["mean_completion_tokens"]}  # fmt: skip
-                if name != "sft":
-                    row["vs_sft"] = oriented(comparison, name, "sft")
-                if name != "base":
-                    row["vs_base"] = oriented(comparison, name, "base")
-                rows.append(row)
-            sets[set_name] = {
-                "questions": comparison["questions"],
-                "mode": comparison["mode"],
-                "models": rows,
-                "head_to_head": [{**oriented(comparison, a, b), "label": label} for a, b, label in HEAD_TO_HEAD],
-                "report": str(d / "compare" / set_name / "report.md"),
-                "chart": str(d / "compare" / set_name / "accuracy.png"),
-            }
-        out["seeds"][str(seed)] = {"training": training, "sets": sets}
-    out["budgets"] = budgets(ablation)
-    return out
-
-
-def budgets(ablation: Ablation) -> dict:
-    """The resolved settings the paired arms share (from the units' configs)."""
-    units = {u.name: u for u in ablation.units()}
-    seed = f"seed-{ablation.config.seeds[0]}"
-    sft, ro = units[f"{seed}/sft"].config, units[f"{seed}/rollouts"].config
-    dpo, rl = units[f"{seed}/dpo_regime_w"].config, units[f"{seed}/grpo_regime_w"].config
-    ev = units[f"{seed}/eval"].config["evals"][0]
-    return {
-        "sft": {"max_steps": sft.max_steps, "batch": sft.per_device_train_batch_size * sft.gradient_accumulation_steps,
-                "learning_rate": sft.learning_rate, "lora_r": sft.lora_r},
-        "rollouts": {"questions": ro.max_questions, "max_new_tokens": ro.max_new_tokens, "label_free": ro.label_free},
-        "dpo": {"max_steps": dpo.max_steps, "pairs_per_step": dpo.per_device_train_batch_size * dpo.gradient_accumulation_steps,
-                "learning_rate": dpo.learning_rate, "beta": dpo.beta, "lora_r": dpo.lora_r},
-        "rl": {"algo": rl.algo, "max_steps": rl.max_steps, "num_generations": rl.num_generations,
-               "completions_per_step": rl.per_device_train_batch_size * rl.gradient_accumulation_steps,
-               "steps_per_generation": rl.steps_per_generation, "max_completion_length": rl.max_completion_length,
-               "learning_rate": rl.learning_rate, "use_vllm": rl.use_vllm, "lora_r": rl.lora_r},
-        "eval": {"engine": ev["engine"], "dtype": ev["dtype"], "max_new_tokens": ev["max_new_tokens"],
-                 "repeat": ev["repeat"], "vllm_batch_invariant": ev["vllm_batch_invariant"]},
-    }  # fmt: skip
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def _pts(x: float, digits: int = 1) -> str:
-    return f"{x + 0.0:+.{digits}f}" if round(x, digits) else f"{0.0:+.{digits}f}"  # never "-0.0"
-
-
-def _diff(p: dict | None) -> str:
-    if p is None:
-        return "–"
-    low, high = p["bootstrap_ci95_points"]
-    return f"{_pts(p['diff_points'])} [{_pts(low)}, {_pts(high)}], p={_p(p['mcnemar_p'])}"
-
-
-def _p(p: float) -> str:
-    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
-
-
-def render_results(results: dict, image: str | None, heading: str = "#") -> str:
-    h = heading
-    b = results["budgets"]
-    lines = [f"{h} Regime W ablation: results", ""]
-    if results["smoke"]:
-        lines += ["**SMOKE RUN** (tiny model, CPU, minuscule budgets, label-free rollouts): it shows that every "
-                  "stage runs, not how the arms compare.", ""]  # fmt: skip
-    s, r, d, g, e = b["sft"], b["rollouts"], b["dpo"], b["rl"], b["eval"]
-    lines += [
-        f"Model `{results['model']}`; training seed(s) {', '.join(results['seeds'])}; generated "
-        f"{results['generated_at']} from `{results['work_dir']}`. Paired arms share every setting but the one "
-        f"compared: SFT {s['max_steps']} steps x {s['batch']}; rollouts {r['questions']} questions x 11 arms; "
-        f"DPO {d['max_steps']} steps x {d['pairs_per_step']} pairs (LR {d['learning_rate']}, beta {d['beta']}); "
-        f"GRPO {g['max_steps']} steps x {g['completions_per_step']} completions ({g['num_generations']} per "
-        f"prompt, <= {g['max_completion_length']} tokens, LR {g['learning_rate']}); eval greedy, {e['engine']}, "
-        f"{e['dtype']}, <= {e['max_new_tokens']} tokens"
-        f"{', VLLM_BATCH_INVARIANT=1' if e.get('vllm_batch_invariant') and e['engine'] == 'vllm' else ''}, "
-        f"{e['repeat']} run(s) each{', all six models in one vLLM engine' if e['engine'] == 'vllm' else ''}.",
-        "",
-        "Accuracy is strict (an explicit final answer), in %, with Wilson 95% intervals. Differences are in "
-        "points, A − B on the same questions, with a paired-bootstrap 95% interval and the exact McNemar p. "
-        "p-values are not corrected for the number of comparisons (10 per eval set); the two head-to-head rows "
-        "on Platinum are the primary comparisons, everything else is secondary.",
-        "",
-    ]
-    if image:
-        lines += [f"![accuracy and paired differences]({image})", ""]
-    for seed, per_seed in results["seeds"].items():
-        for set_name, s in per_seed["sets"].items():
-            lines += [f"{h}# {set_name}, seed {seed}: {s['questions']} questions", ""]
-            lines += ["| model | what | strict % | 95% CI | flexible % | noise floor | − sft: pts [95% CI], p "
-                      "| − base: pts [95% CI], p |", "|---|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
-            for row in s["models"]:
-                ci = row["strict"]["ci95"]
-                noise = "not measured" if row["noise"] is None else f"±{row['noise']['noise_floor_points']:.2f}"
-                lines.append(
-                    f"| {row['model']} | {DESCRIPTION[row['model']]} | {_pct(row['strict']['accuracy'])} "
-                    f"| {_pct(ci[0])}–{_pct(ci[1])} | {_pct(row['flexible']['accuracy'])} | {noise} "
-                    f"| {_diff(row.get('vs_sft'))} | {_diff(row.get('vs_base'))} |"
-                )
-            lines += ["", "| head to head (same budget) | A − B pts | 95% CI | only A right | only B right "
-                      "| McNemar p | verdict |", "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-            for p in s["head_to_head"]:
-                low, high = p["bootstrap_ci95_points"]
-                lines.append(
-                    f"| {p['label']} | {_pts(p['diff_points'], 2)} | {_pts(low, 2)} to {_pts(high, 2)} | {p['only_a_correct']} "
-                    f"| {p['only_b_correct']} | {_p(p['mcnemar_p'])} | {p['verdict']} |"
-                )
-            lines += ["", f"Full report (every pair, per cleaning_status, settings): `{s['report']}`", ""]
-        lines += [
-            f"{h}# Training, seed {seed}",
-            "",
-            "| arm | optimizer steps | train loss | data |",
-            "|---|---:|---:|---|",
-        ]
-        for arm, t in per_seed["training"].items():
-            if arm in DPO_ARMS:
-                data = f"{t['pairs']} pairs {t['pairs_by_type']}"
-            else:
-                sv = t.get("service")
-                data = "–" if not sv else (
-                    f"{sv['batches']} scored batches; sample accuracy {100 * sv['accuracy_first']:.1f}% (first 10%) -> "
-                    f"{100 * sv['accuracy_last']:.1f}% (last 10%)"
-                )  # fmt: skip
-                if sv and arm == "grpo_regime_w":  # rewards.jsonl counts groups of equal *Regime W* rewards
-                    data += f"; groups with all-equal rewards {100 * sv['groups_without_signal']:.1f}%"
-            loss = "–" if t["train_loss"] is None else f"{t['train_loss']:.4f}"
-            lines.append(f"| {arm} | {t['global_step']} | {loss} | {data} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def render_plot(results: dict, path: Path) -> Path:
-    """Per seed and eval set: strict accuracy with Wilson CIs; each arm − sft and the two head-to-heads with
-    their paired-bootstrap CIs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = [(seed, set_name, s) for seed, r in results["seeds"].items() for set_name, s in r["sets"].items()]
-    fig = Figure(figsize=(14, 4.6 * len(panels)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 2, squeeze=False, gridspec_kw={"width_ratios": [1.2, 1]})
-    colors = {"base": "#8C8C8C", "sft": "#4C72B0", "dpo_regime_w": "#2A7F62", "dpo_correctness": "#9BC9B4",
-              "grpo_regime_w": "#C44E52", "grpo_correctness": "#E8A3A5"}  # fmt: skip
-    for row, (seed, set_name, s) in enumerate(panels):
-        ax = axes[row][0]
-        names = [m["model"] for m in s["models"]]
-        acc = [100 * (m["strict"]["accuracy"] or 0) for m in s["models"]]
-        err = [[a - 100 * m["strict"]["ci95"][0] for a, m in zip(acc, s["models"], strict=True)],
-               [100 * m["strict"]["ci95"][1] - a for a, m in zip(acc, s["models"], strict=True)]]  # fmt: skip
-        ax.bar(range(len(names)), acc, yerr=err, capsize=4, color=[colors[n] for n in names], ecolor="#333333")
-        for x, (a, m) in enumerate(zip(acc, s["models"], strict=True)):
-            ax.annotate(f"{a:.1f}", (x, 100 * m["strict"]["ci95"][1]), xytext=(0, 2), textcoords="offset points",
-                        ha="center", fontsize=8)  # fmt: skip
-        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
-        ax.set_ylabel("strict accuracy (%)")
-        ax.set_ylim(0, min(108, max(a + e for a, e in zip(acc, err[1], strict=True)) + 12))
-        ax.set_title(f"{set_name}, seed {seed}: {s['questions']} questions (95% Wilson CI)", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-
-        ax = axes[row][1]
-        rows = [(f"{m['model']} − sft", m["vs_sft"]) for m in s["models"] if m["model"] not in ("base", "sft")]
-        rows += [(f"{p['a']} − {p['b']}", p) for p in s["head_to_head"]]
-        for k, (_, p) in enumerate(rows):
-            y = len(rows) - 1 - k
-            low, high = p["bootstrap_ci95_points"]
-            d = p["diff_points"]
-            significant = p["verdict"].startswith("significant")
-            color = ("#2A7F62" if d > 0 else "#C44E52") if significant else "#777777"  # green up, red down
-            ax.errorbar(d, y, xerr=[[d - low], [high - d]], fmt="o", color=color, capsize=4, ms=6)
-            ax.annotate(f"{_pts(d)}, p={_p(p['mcnemar_p'])}", (d, y), xytext=(0, 7), textcoords="offset points",
-                        ha="center", fontsize=8)  # fmt: skip
-        ax.axhline(len(s["head_to_head"]) - 0.5, color="#BBBBBB", lw=0.8, ls="--")
-        ax.axvline(0, color="#333333", lw=0.8)
-        ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=8)
-        ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.set_xlabel("difference, strict (points; 95% paired-bootstrap CI)")
-        ax.set_title("arms vs SFT; below the line: Regime W vs correctness-only", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    if results["smoke"]:
-        fig.suptitle("SMOKE RUN: tiny model, minuscule budgets (plumbing, not a result)", color="#C44E52")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def write_results(ablation: Ablation, out: Path) -> dict:
-    results = collect_results(ablation)
-    out.mkdir(parents=True, exist_ok=True)
-    image = render_plot(results, out / "ablation.png").name
-    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "ablation.md").write_text(render_results(results, image), encoding="utf-8")
-    return {"markdown": str(out / "ablation.md"), "plot": str(out / image)}
-
-
-def write_readme(results_dir: Path, readme: Path = README, image: Path = README_IMAGE) -> None:
-    """Put the results (table + plot) between the markers of the experiment's README."""
-    results = json.loads((results_dir / "ablation.json").read_text())
-    if results["smoke"]:
-        raise SystemExit("refusing to write a smoke run's numbers into the README")
-    text = readme.read_text(encoding="utf-8")
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise SystemExit(f"{readme}: no {RESULTS_START} ... {RESULTS_END} section to fill")
-    image.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(results_dir / "ablation.png", image)
-    body = render_results(results, os.path.relpath(image, readme.parent), heading="###")
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    readme.write_text(f"{head}{RESULTS_START}\n{body}\n{RESULTS_END}{tail}", encoding="utf-8")
-
-
-# ---- the time budget (one H200), from measured anchors and stated assumptions
-
-LEASE_MINUTES = 24  # one GPU lease on one H200, staging excluded: what the one-lease config must fit in
-
-ANCHORS = {  # measured on one H200 with Qwen2.5-Coder-0.5B-Instruct (bench/README.md)
-    "vllm_startup_s": 45.0,  # vLLM's start-up: load, compile, CUDA graphs
-    "eval_platinum_s": 80.0,  # `looper eval` of all 1,209 Platinum questions, <= 512 tokens, chunks of 256, start-up incl.
-    "eval_platinum_batch_invariant_s": 117.0,  # the same with VLLM_BATCH_INVARIANT=1
-    "platinum_questions": 1209,
-    "vllm_tokens_per_s": 25_000,  # vLLM generation at batch >= 256
-    "mean_completion_tokens": 280,  # GRPO completions of that model measured 268-296 tokens
-    "process_startup_s": 30.0,  # an isolated stage's fresh process: imports, model load (20-30 s)
-    "sft_step_s": 0.27,  # at batch 32
-    "dpo_step_s": 0.47,  # 8 pairs per step, max length 1024 (bench/train_bench.py)
-    "grpo_step_s": 1.4,  # vLLM colocate: a generating step of 32 completions x <= 256 tokens (train_bench)
-    "grpo_round_step_s": 3.6,  # vLLM colocate: the generating step of a round of 16 prompts x 8 x <= 384 tokens
-    "grpo_optimizer_step_s": 0.25,  # a step that trains on completions generated by an earlier step
-    "grpo_round_plain_generate_s": 23.7,  # a round of 16 x 8 x 384 with plain `generate` (21.5-24.4 s + 3 x 0.25 s)
-}
-ASSUMED = {  # not measured: the estimate's weak points
-    "lora_generation_factor": 1.5,  # vLLM generating through a LoRA adapter vs the plain model
-    "service_startup_s": 10.0,  # `looper serve` (lexical Regime W), started once, before the rollouts
-    "gsm8k_train_rows": 7473,
-    "cpu_stage_s": 10.0,  # data, prefs, compare, results: in the main process
-}
-
-
-def vllm_call_tail_s(max_new_tokens: int = 512) -> float:
-    """What one engine call spends past its throughput-bound part (its longest answers finishing at a shrinking
-    batch), from the Platinum eval anchor: 80 s = start-up + 1,209 x mean tokens at the measured rate + 5 calls'
-    tails. Scaled by the token cap."""
-    a = ANCHORS
-    calls = -(-a["platinum_questions"] // 256)
-    throughput = a["platinum_questions"] * a["mean_completion_tokens"] / a["vllm_tokens_per_s"]
-    return (a["eval_platinum_s"] - a["vllm_startup_s"] - throughput) / calls * max_new_tokens / 512
-
-
-def vllm_generation_s(requests: int, max_new_tokens: int, calls: int) -> float:
-    """`requests` greedy answers of <= max_new_tokens in `calls` engine calls, through the plain model."""
-    a = ANCHORS
-    tokens = requests * min(max_new_tokens, a["mean_completion_tokens"])
-    return tokens / a["vllm_tokens_per_s"] + calls * vllm_call_tail_s(max_new_tokens)
-
-
-def batch_invariant_factor() -> float:
-    """VLLM_BATCH_INVARIANT=1's generation cost: the two Platinum anchors less their start-up."""
-    a = ANCHORS
-    return (a["eval_platinum_batch_invariant_s"] - a["vllm_startup_s"]) / (a["eval_platinum_s"] - a["vllm_startup_s"])
-
-
-def grpo_generating_step_s(completions: int, max_completion_length: int) -> float:
-    """A generating step with vLLM colocate, linear in completion slots through the two measured points."""
-    a = ANCHORS
-    small, large = 32 * 256, 128 * 384
-    per_slot = (a["grpo_round_step_s"] - a["grpo_step_s"]) / (large - small)
-    return a["grpo_step_s"] + (completions * max_completion_length - small) * per_slot
-
-
-def estimate_seconds(unit: Unit) -> tuple[float, str]:
-    a, s, c = ANCHORS, ASSUMED, unit.config
-    start, lora = a["process_startup_s"], s["lora_generation_factor"]
-    if unit.stage == "sft":
-        batch = c.per_device_train_batch_size * c.gradient_accumulation_steps
-        steps = c.max_steps if c.max_steps > 0 else c.num_train_epochs * s["gsm8k_train_rows"] * 0.8 / batch
-        return start + steps * a["sft_step_s"] * batch / 32, f"{steps:.0f} steps x {batch}"
-    if unit.stage == "rollouts":
-        requests, cap = c.max_questions * 11, c.max_new_tokens or 512
-        generation = vllm_generation_s(requests, cap, -(-c.max_questions // c.batch_size)) * lora
-        seconds = start + a["vllm_startup_s"] + s["service_startup_s"] + generation
-        return seconds, f"{c.max_questions} questions x 11 arms <= {cap} tokens through the SFT LoRA"
-    if unit.stage == "dpo":
-        pairs = c.per_device_train_batch_size * c.gradient_accumulation_steps
-        step = a["dpo_step_s"] * pairs / 8
-        return start + c.max_steps * step, f"{c.max_steps} steps x {pairs} pairs, {step:.2f} s/step"
-    if unit.stage == "rl":
-        per_step = c.per_device_train_batch_size * c.gradient_accumulation_steps
-        rounds = c.max_steps / c.steps_per_generation
-        if c.use_vllm:
-            generating = grpo_generating_step_s(per_step * c.steps_per_generation, c.max_completion_length)
-            round_s = generating + (c.steps_per_generation - 1) * a["grpo_optimizer_step_s"]
-            seconds = start + a["vllm_startup_s"] + rounds * round_s
-        else:
-            scale = per_step * c.steps_per_generation * c.max_completion_length / (128 * 384)
-            round_s = a["grpo_round_plain_generate_s"] * scale
-            seconds = start + rounds * round_s
-        note = "vLLM colocate" if c.use_vllm else "plain generate"
-        basis = f"{rounds:.0f} rounds x {per_step * c.steps_per_generation} completions, {round_s:.1f} s/round, {note}"
-        return seconds, basis
-    if unit.stage == "eval":
-        evals = c["evals"]
-        seconds = start + a["vllm_startup_s"]
-        for ev in evals:
-            n = questions_in(ev["data_file"])
-            generation = vllm_generation_s(n, ev["max_new_tokens"], -(-n // ev["chunk_size"])) * ev["repeat"]
-            if ev["vllm_batch_invariant"]:
-                generation *= batch_invariant_factor()
-            seconds += generation * (1.0 if ev["name"] == "base" else lora)  # every other model is a LoRA adapter
-        first = evals[0]
-        sets = sorted({Path(ev["data_file"]).stem for ev in evals})
-        basis = (f"{len({ev['name'] for ev in evals})} models x {'+'.join(sets)} in one vLLM engine, "
-                 f"{first['repeat']} run(s), chunks of {first['chunk_size']}"
-                 f"{', batch invariant' if first['vllm_batch_invariant'] else ''}")  # fmt: skip
-        return seconds, basis
-    return s["cpu_stage_s"], "CPU"
-
-
-def questions_in(data_file: str) -> int:
-    path = Path(data_file)
-    if path.is_file():
-        return sum(1 for line in path.open() if line.strip())
-    if path.stem == "platinum":
-        return ANCHORS["platinum_questions"]
-    return round(ASSUMED["gsm8k_train_rows"] * 0.2)
-
-
-def plan(ablation: Ablation) -> list[dict]:
-    rows = []
-    for unit in ablation.units():
-        seconds, basis = estimate_seconds(unit)
-        done = (unit.dir / MANIFEST).is_file()
-        rows.append({"unit": unit.name, "stage": unit.stage, "seconds": round(seconds), "basis": basis,
-                     "status": "done" if done else "to run", "dir": str(unit.dir)})  # fmt: skip
-    return rows
-
-
-def print_plan(rows: list[dict]) -> None:
-    by_stage: dict[str, float] = {}
-    print(f"{'unit':<40} {'status':<7} {'est. s':>7}  basis")
-    for r in rows:
-        print(f"{r['unit']:<40} {r['status']:<7} {r['seconds']:>7}  {r['basis']}")
-        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + r["seconds"]
-    print("\nper stage (one H200, estimated): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in by_stage.items()))
-    total, todo = sum(by_stage.values()) / 60, sum(r["seconds"] for r in rows if r["status"] != "done") / 60
-    lease = "fits" if total <= LEASE_MINUTES else "more than"
-    print(f"total {total:.1f} min ({lease} one lease of {LEASE_MINUTES} min); still to run {todo:.1f} min")
 
 
 # ---- smoke inputs

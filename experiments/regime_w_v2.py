@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 from regime_w_ablation import SMOKE, Ablation, load_config_file, smoke_inputs  # noqa: E402
 
 from looper_common.jsonl import read_rows  # noqa: E402
-from trainer.pipeline import Unit, hashed, merge, run_sft_stage, stage_config  # noqa: E402
+from trainer.pipeline import Unit, hashed, merge, stage_config  # noqa: E402
 
 log = logging.getLogger("looper.regime_w_v2")
 
@@ -179,9 +179,7 @@ class V2Experiment(Ablation):
         return out
 
     def units(self) -> list[Unit]:
-        from rollout_worker.worker import RolloutConfig
         from trainer.evaluate import EvalConfig, eval_many
-        from trainer.sft import SFTStageConfig
 
         c, w = self.config, self.work
         train = w / "data" / "train.jsonl"
@@ -191,10 +189,8 @@ class V2Experiment(Ablation):
         units = [Unit("data", "data", w / "data", data, [], lambda: self._data(data), [train, *evals.values()])]
         common = {"engine": c.engine, "quantization": c.quantization, "seed": c.data_seed}
         sft_dir = w / "sft"
-        sft = stage_config(SFTStageConfig, {**common, "model": c.model, "train_file": str(train),
-                                            "output_dir": str(sft_dir)}, c.sft)  # fmt: skip
-        units.append(Unit("sft", "sft", sft_dir, sft, ["data"], lambda: self.call(run_sft_stage, sft),
-                          [sft_dir / "adapter_config.json"]))  # fmt: skip
+        units.append(self.sft_unit("sft", {**common, "model": c.model, "train_file": str(train),
+                                           "output_dir": str(sft_dir)}, c.sft, ["data"]))  # fmt: skip
         gold = self.labels_file("gold")
         questions = {"train_file": str(train), "questions": c.questions, "out": str(gold)}
         units.append(Unit("questions", "questions", gold.parent, questions, ["data"],
@@ -202,11 +198,10 @@ class V2Experiment(Ablation):
         rl_inputs = ["sft", "questions"]
         if c.needs_consensus:
             rollouts_file = w / "rollouts" / "rollouts.jsonl"
-            rollouts = stage_config(RolloutConfig, {**common, "questions_file": str(gold), "model": str(sft_dir),
-                                                    "output_file": str(rollouts_file), "max_questions": c.questions},
-                                    c.rollouts)  # fmt: skip
-            units.append(Unit("rollouts", "rollouts", rollouts_file.parent, rollouts, ["sft", "questions"],
-                              lambda: self._rollouts(rollouts), [rollouts_file]))  # fmt: skip
+            units.append(self.rollouts_unit("rollouts", {**common, "questions_file": str(gold), "model": str(sft_dir),
+                                                         "output_file": str(rollouts_file),
+                                                         "max_questions": c.questions},
+                                            c.rollouts, ["sft", "questions"]))  # fmt: skip
             labels = {"rollouts_file": str(rollouts_file), "out": str(self.labels_file("consensus"))}
             units.append(Unit("consensus", "consensus", w / "consensus", labels, ["rollouts"],
                               lambda: write_consensus_labels(labels), [self.labels_file("consensus")]))  # fmt: skip
@@ -233,12 +228,6 @@ class V2Experiment(Ablation):
                               ["data", *(f"{p}{a}" for a in c.selected_arms)], (lambda evs=evs: self.call(eval_many, evs)),
                               [Path(e.output_dir) / "summary.json" for e in evs]))  # fmt: skip
         return units
-
-    def _rl(self, config):
-        from trainer.rl import run_rl
-
-        config.service_url, config.token_file = self.service(config.scorer)
-        return str(self.call(run_rl, config))
 
     def run(self) -> dict:
         c = self.config

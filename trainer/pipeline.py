@@ -209,12 +209,7 @@ class Pipeline:
         return {"train": train, **{f"eval:{k}": v for k, v in evals.items()}}
 
     def units(self) -> list[Unit]:
-        from rollout_worker.worker import RolloutConfig
-        from trainer.dpo import DPOStageConfig
         from trainer.evaluate import EvalConfig
-        from trainer.prefs import PrefsConfig
-        from trainer.rl import RLStageConfig
-        from trainer.sft import SFTStageConfig
 
         c, w = self.config, self.work
         files = self.data_files()
@@ -238,70 +233,18 @@ class Pipeline:
         }
         units.append(Unit("data", "data", w / "data", data, [], lambda: self._data(data), list(files.values())))
 
-        sft = stage_config(
-            SFTStageConfig, {**common, "model": c.model, "train_file": train, "output_dir": str(sft_dir)}, c.sft
-        )
-        units.append(
-            Unit("sft", "sft", sft_dir, sft, ["data"], lambda: run_sft_stage(sft), [sft_dir / "adapter_config.json"])
-        )
-
-        rollouts = stage_config(
-            RolloutConfig,
-            {**common, "questions_file": train, "output_file": str(rollouts_file), "model": str(sft_dir)},
-            c.rollouts,
-        )
-        units.append(
-            Unit(
-                "rollouts",
-                "rollouts",
-                rollouts_file.parent,
-                rollouts,
-                ["data", "sft"],
-                lambda: self._rollouts(rollouts),
-                [rollouts_file],
-            )
-        )
-
-        prefs = stage_config(
-            PrefsConfig,
-            {**common, "rollouts_file": str(rollouts_file), "output_file": str(pairs_file), "model": str(sft_dir)},
-            c.prefs,
-        )
-        units.append(
-            Unit(
-                "prefs",
-                "prefs",
-                pairs_file.parent,
-                prefs,
-                ["sft", "rollouts"],
-                lambda: run_prefs_stage(prefs),
-                [pairs_file],
-            )
-        )
-
-        dpo = stage_config(
-            DPOStageConfig,
-            {**common, "model": str(sft_dir), "pairs_file": str(pairs_file), "output_dir": str(dpo_dir)},
-            c.dpo,
-        )
-        units.append(
-            Unit(
-                "dpo",
-                "dpo",
-                dpo_dir,
-                dpo,
-                ["sft", "prefs"],
-                lambda: run_dpo_stage(dpo),
-                [dpo_dir / "adapter_config.json"],
-            )
-        )
-
-        rl = stage_config(
-            RLStageConfig, {**common, "model": str(sft_dir), "train_file": train, "output_dir": str(rl_dir)}, c.rl
-        )
-        units.append(
-            Unit("rl", "rl", rl_dir, rl, ["data", "sft"], lambda: self._rl(rl), [rl_dir / "adapter_config.json"])
-        )
+        model = {**common, "model": str(sft_dir)}  # the stages after SFT start from its adapter
+        units += [
+            self.sft_unit("sft", {**common, "model": c.model, "train_file": train, "output_dir": str(sft_dir)}, c.sft,
+                          ["data"]),
+            self.rollouts_unit("rollouts", {**model, "questions_file": train, "output_file": str(rollouts_file)},
+                               c.rollouts, ["data", "sft"]),
+            self.prefs_unit("prefs", {**model, "rollouts_file": str(rollouts_file), "output_file": str(pairs_file)},
+                            c.prefs, ["sft", "rollouts"]),
+            self.dpo_unit("dpo", {**model, "pairs_file": str(pairs_file), "output_dir": str(dpo_dir)}, c.dpo,
+                          ["sft", "prefs"]),
+            self.rl_unit("rl", {**model, "train_file": train, "output_dir": str(rl_dir)}, c.rl, ["data", "sft"]),
+        ]  # fmt: skip
 
         models = {
             "base": (c.model, []),
@@ -336,14 +279,54 @@ class Pipeline:
             compare = {"mode": "strict", "n_resamples": 10_000, "seed": c.seed, "alpha": 0.05, **c.compare}
             compare["runs"] = [str(o) for _, o in evals]
             compare["names"] = [n for n, _ in evals]
-            out = w / "compare" / set_name
-            units.append(
-                Unit(
-                    f"compare:{set_name}", "compare", out, compare, [f"eval:{set_name}:{n}" for n, _ in evals],
-                    (lambda compare=compare, out=out: run_compare_stage(compare, out)), [out / "report.md"],
-                )
-            )  # fmt: skip
+            after = [f"eval:{set_name}:{n}" for n, _ in evals]
+            units.append(self.compare_unit(f"compare:{set_name}", compare, w / "compare" / set_name, after))
         return units
+
+    # ---- one builder per stage after the data: its config (defaults, then the user's overrides), the function
+    # that runs it and its outputs. `looper pipeline` and the experiments wire their units through these.
+
+    def call(self, func, config):
+        """Run a stage's function here (the ablation runs GPU stages in a fresh process instead)."""
+        return func(config)
+
+    def sft_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        from trainer.sft import SFTStageConfig
+
+        config = stage_config(SFTStageConfig, defaults, overrides)
+        out = Path(config.output_dir)
+        return Unit(name, "sft", out, config, after, lambda: self.call(run_sft_stage, config), [out / "adapter_config.json"])  # fmt: skip
+
+    def rollouts_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        from rollout_worker.worker import RolloutConfig
+
+        config = stage_config(RolloutConfig, defaults, overrides)
+        out = Path(config.output_file)
+        return Unit(name, "rollouts", out.parent, config, after, lambda: self._rollouts(config), [out])
+
+    def prefs_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        from trainer.prefs import PrefsConfig
+
+        config = stage_config(PrefsConfig, defaults, overrides)
+        out = Path(config.output_file)
+        return Unit(name, "prefs", out.parent, config, after, lambda: run_prefs_stage(config), [out])
+
+    def dpo_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        from trainer.dpo import DPOStageConfig
+
+        config = stage_config(DPOStageConfig, defaults, overrides)
+        out = Path(config.output_dir)
+        return Unit(name, "dpo", out, config, after, lambda: self.call(run_dpo_stage, config), [out / "adapter_config.json"])  # fmt: skip
+
+    def rl_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        from trainer.rl import RLStageConfig
+
+        config = stage_config(RLStageConfig, defaults, overrides)
+        out = Path(config.output_dir)
+        return Unit(name, "rl", out, config, after, lambda: self._rl(config), [out / "adapter_config.json"])
+
+    def compare_unit(self, name: str, values: dict, out: Path, after: list[str]) -> Unit:
+        return Unit(name, "compare", out, values, after, lambda: run_compare_stage(values, out), [out / "report.md"])
 
     def _data(self, values: dict):
         from trainer.data import prepare_data
@@ -351,16 +334,16 @@ class Pipeline:
         return prepare_data(self.work / "data", **values)
 
     def _rollouts(self, config):
-        config.service_url, config.token_file = self.service()
         from rollout_worker.worker import run_rollouts
 
-        return run_rollouts(config)
+        config.service_url, config.token_file = self.service()
+        return self.call(run_rollouts, config)
 
     def _rl(self, config):
-        config.service_url, config.token_file = self.service(config.scorer)
         from trainer.rl import run_rl
 
-        return str(run_rl(config))
+        config.service_url, config.token_file = self.service(config.scorer)
+        return str(self.call(run_rl, config))
 
     # ---- skipping, resuming, rerunning
     def run_unit(self, unit: Unit) -> None:
