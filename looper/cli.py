@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import get_args
 
 from looper_common.token import TOKEN_ENV, TokenFileError, read_token
-from reward_service.settings import DEFAULT_ANSWER_BUDGET_S, DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
-
-SCORER_NAMES = get_args(ScorerName)
 
 
 def service_settings(args: argparse.Namespace):
@@ -250,12 +247,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    from reward_service.settings import DEFAULT_ANSWER_BUDGET_S, DEFAULT_MAX_TEXT_CHARS, DEFAULT_SCORER, ScorerName
+
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--stub", action="store_true", help="public stub scorer: correctness only, generic arms")
     p.add_argument(
         "--scorer",
-        choices=SCORER_NAMES,
+        choices=get_args(ScorerName),
         default=DEFAULT_SCORER,
         help="the closed service's scorer (GET /v1/scorers describes each)",
     )
@@ -310,14 +309,24 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _no_service(args: argparse.Namespace) -> None:
+    sys.exit(
+        f"looper serve: the reward service is not installed here ({args.reason}): run the service image, "
+        "or pip install 'looper-math[service]' from the full source"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="looper", description="Regime W reward service and training clients.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
 
     serve = sub.add_parser("serve", help="run the reward service")
-    add_serve_flags(serve)
-    serve.set_defaults(func=cmd_serve)
+    try:
+        add_serve_flags(serve)  # imports the service's settings
+        serve.set_defaults(func=cmd_serve)
+    except ImportError as exc:  # a client install (the trainer and worker images): the other commands work
+        serve.set_defaults(func=_no_service, reason=str(exc))
 
     schema = sub.add_parser("schema", help="export the JSON Schemas of the shared contract")
     schema.add_argument("--out", default="schemas", help="folder for the *.schema.json files")
@@ -459,7 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     # process (a pipeline's, after SFT) gets reproducible reductions
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _no_service:  # `serve` without the service: its own message, not "unrecognized"
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from looper_common.modeling import ModelSourceError
     from rollout_worker.client import ServiceError, ServiceUnavailable
     from rollout_worker.parallel import DataParallelError

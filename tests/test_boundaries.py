@@ -276,3 +276,31 @@ LAYERS = {
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_no_package_imports_one_above_it(package):
     assert not imported_packages(package) & LAYERS[package]
+
+
+def test_the_cli_of_a_client_install_runs_without_the_service():
+    """The trainer and worker images ship no reward_service: every command but `serve` must still run there,
+    and `serve` says what to run instead."""
+    report = run_python(
+        """
+        import contextlib, io
+        from looper.cli import main
+
+        def run(*argv):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                try:
+                    main(list(argv))
+                except SystemExit as exc:
+                    return exc.code, out.getvalue()
+            return 0, out.getvalue()
+
+        top, rollouts, serve = run("--help"), run("rollouts", "--help"), run("serve", "--port", "1")
+        print(json.dumps({"top": top, "rollouts": rollouts[0], "serve": [str(serve[0]), serve[1]],
+                          "attempts": ATTEMPTS}))
+        """,
+        ["reward_service"],
+    )
+    assert report["top"][0] == 0 and "rollouts" in report["top"][1] and report["rollouts"] == 0
+    assert "looper serve: the reward service is not installed here" in report["serve"][0]
+    assert set(report["attempts"]) == {"reward_service"}  # tried (once per parser built), and nothing else

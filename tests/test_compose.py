@@ -144,3 +144,66 @@ def test_the_stub_image_copies_no_private_file():
     text = (ROOT / "docker" / "stub.Dockerfile").read_text()
     for private in ("arms.py", "scoring.py", "regime_w.py", "embeddings.py", "COPY reward_service ./"):
         assert private not in text
+
+
+STUB_SERVE = """
+import importlib.abc, runpy, sys
+allowed = set(sys.argv[1].split(","))
+
+class OnlyTheStubsFiles(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("reward_service.") and name.split(".")[1] not in allowed:
+            raise ImportError(f"{name}: not in the stub image")
+        return None
+
+sys.meta_path.insert(0, OnlyTheStubsFiles())
+sys.argv = ["looper", *sys.argv[2:]]
+runpy.run_module("looper.cli", run_name="__main__")
+"""
+
+
+def test_looper_serve_stub_runs_on_the_files_the_stub_image_copies(tmp_path):
+    """The image's own entry point (`looper serve --stub`, one worker and several), with every reward_service
+    module the stub Dockerfile does not copy impossible to import: a file missing from its COPY line fails
+    here, not in a user's `docker compose --profile stub up`."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from looper_common.local_service import free_port
+
+    text = (ROOT / "docker" / "stub.Dockerfile").read_text()
+    copied = re.search(r"^COPY ((?:reward_service/\S+ )+)\./reward_service/$", text, re.M).group(1).split()
+    modules = ",".join(Path(f).stem for f in copied)
+    for workers in ("1", "2"):
+        port = free_port()
+        args = [
+            "serve",
+            "--stub",
+            "--insecure-no-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+        ]
+        log = (tmp_path / f"serve-{workers}.log").open("w")
+        process = subprocess.Popen([sys.executable, "-c", STUB_SERVE, modules, *args], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, (tmp_path / f"serve-{workers}.log").read_text()[-2000:]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "looper serve --stub never became ready"
+                time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()
