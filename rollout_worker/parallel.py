@@ -11,8 +11,8 @@ coordination between replicas anyway. So the worker shards the questions itself:
   resumes as a single run does. `CUDA_VISIBLE_DEVICES` gives it GPU k (tensor_parallel_size GPUs where > 1,
   taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone.
 - `engines_per_gpu` K > 1 puts K shards on each GPU (shard k on GPU k // K), each with
-  gpu_memory_utilization / K: a small model's engine is bound by host work per decode step, so K engines
-  keep one GPU busier than one. vLLM sizes its KV cache from the free memory it sees while it profiles, so
+  gpu_memory_utilization / K, for a small model whose engine is bound by host work per decode step (on an
+  H100 with a 0.5B model it measured no gain over one engine: bench/README.md). vLLM sizes its KV cache from the free memory it sees while it profiles, so
   the engines of one GPU start one after another: a shard starts once the one before it on its GPU has built
   its engine (`<shard>.ready`) or exited. Its log is
   `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
