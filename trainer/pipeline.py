@@ -290,40 +290,42 @@ class Pipeline:
         """Run a stage's function here (the ablation runs GPU stages in a fresh process instead)."""
         return func(config)
 
-    def sft_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+    def _unit(self, stage: str, cls, run, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+        """A stage's unit: its config, how it runs, and what it leaves (an adapter dir, or one output file)."""
+        config = stage_config(cls, defaults, overrides)
+        if hasattr(config, "output_dir"):
+            folder = Path(config.output_dir)
+            outputs = [folder / "adapter_config.json"]
+        else:
+            outputs = [Path(config.output_file)]
+            folder = outputs[0].parent
+        return Unit(name, stage, folder, config, after, lambda: run(config), outputs)
+
+    def sft_unit(self, *args) -> Unit:
+        """sft_unit(name, defaults, overrides, after), and so on for each stage below."""
         from trainer.sft import SFTStageConfig
 
-        config = stage_config(SFTStageConfig, defaults, overrides)
-        out = Path(config.output_dir)
-        return Unit(name, "sft", out, config, after, lambda: self.call(run_sft_stage, config), [out / "adapter_config.json"])  # fmt: skip
+        return self._unit("sft", SFTStageConfig, lambda c: self.call(run_sft_stage, c), *args)
 
-    def rollouts_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+    def rollouts_unit(self, *args) -> Unit:
         from rollout_worker.worker import RolloutConfig
 
-        config = stage_config(RolloutConfig, defaults, overrides)
-        out = Path(config.output_file)
-        return Unit(name, "rollouts", out.parent, config, after, lambda: self._rollouts(config), [out])
+        return self._unit("rollouts", RolloutConfig, self._rollouts, *args)
 
-    def prefs_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+    def prefs_unit(self, *args) -> Unit:
         from trainer.prefs import PrefsConfig
 
-        config = stage_config(PrefsConfig, defaults, overrides)
-        out = Path(config.output_file)
-        return Unit(name, "prefs", out.parent, config, after, lambda: run_prefs_stage(config), [out])
+        return self._unit("prefs", PrefsConfig, run_prefs_stage, *args)
 
-    def dpo_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+    def dpo_unit(self, *args) -> Unit:
         from trainer.dpo import DPOStageConfig
 
-        config = stage_config(DPOStageConfig, defaults, overrides)
-        out = Path(config.output_dir)
-        return Unit(name, "dpo", out, config, after, lambda: self.call(run_dpo_stage, config), [out / "adapter_config.json"])  # fmt: skip
+        return self._unit("dpo", DPOStageConfig, lambda c: self.call(run_dpo_stage, c), *args)
 
-    def rl_unit(self, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
+    def rl_unit(self, *args) -> Unit:
         from trainer.rl import RLStageConfig
 
-        config = stage_config(RLStageConfig, defaults, overrides)
-        out = Path(config.output_dir)
-        return Unit(name, "rl", out, config, after, lambda: self._rl(config), [out / "adapter_config.json"])
+        return self._unit("rl", RLStageConfig, self._rl, *args)
 
     def compare_unit(self, name: str, values: dict, out: Path, after: list[str]) -> Unit:
         return Unit(name, "compare", out, values, after, lambda: run_compare_stage(values, out), [out / "report.md"])
