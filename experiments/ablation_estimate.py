@@ -4,12 +4,8 @@ stated assumptions, and the plan table (`--plan`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from trainer.pipeline import MANIFEST, Unit
-
-if TYPE_CHECKING:
-    from regime_w_ablation import Ablation
 
 LEASE_MINUTES = 24  # one GPU lease on one H200, staging excluded: what the one-lease config must fit in
 
@@ -124,7 +120,8 @@ def questions_in(data_file: str) -> int:
     return round(ASSUMED["gsm8k_train_rows"] * 0.2)
 
 
-def plan(ablation: Ablation) -> list[dict]:
+def plan(ablation) -> list[dict]:
+    """Each unit of an `Ablation` (regime_w_ablation.py) with its status and estimated seconds."""
     rows = []
     for unit in ablation.units():
         seconds, basis = estimate_seconds(unit)

@@ -8,14 +8,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ablation_design import DESCRIPTION, DPO_ARMS, HEAD_TO_HEAD, MODELS, PREFS_OF, RL_ARMS
 
 from looper_common.jsonl import read_rows
-
-if TYPE_CHECKING:
-    from regime_w_ablation import Ablation
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -52,7 +48,8 @@ def _rl_training(path: Path) -> dict | None:
             "groups_without_signal": mean(rows, "groups_without_signal")}  # fmt: skip
 
 
-def collect_results(ablation: Ablation) -> dict:
+def collect_results(ablation) -> dict:
+    """The results of an `Ablation` (regime_w_ablation.py: not imported here, which imports this)."""
     c, w = ablation.config, ablation.work
     out = {"model": c.model, "smoke": c.smoke, "seeds": {}, "eval_sets": list(c.eval_sets), "work_dir": str(w),
            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
@@ -95,7 +92,7 @@ def collect_results(ablation: Ablation) -> dict:
     return out
 
 
-def budgets(ablation: Ablation) -> dict:
+def budgets(ablation) -> dict:
     """The resolved settings the paired arms share (from the units' configs)."""
     units = {u.name: u for u in ablation.units()}
     seed = f"seed-{ablation.config.seeds[0]}"
@@ -263,7 +260,7 @@ def render_plot(results: dict, path: Path) -> Path:
     return path
 
 
-def write_results(ablation: Ablation, out: Path) -> dict:
+def write_results(ablation, out: Path) -> dict:
     results = collect_results(ablation)
     out.mkdir(parents=True, exist_ok=True)
     image = render_plot(results, out / "ablation.png").name
