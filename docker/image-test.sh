@@ -62,6 +62,9 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 EOF
 podman --version
+# leftovers of a killed run (or IMAGE_TEST_KEEP=1) would make the fixed names below clash
+podman rm -f -t 2 looper-it-service looper-it-stub >/dev/null 2>&1 || true
+podman network rm -f looper-it >/dev/null 2>&1 || true
 
 # --- the base, cached by the recipe ------------------------------------------------------------------------
 hooks=(
@@ -143,7 +146,8 @@ stub_files=$(podman run --rm --entrypoint sh "looper-stub:$tag" -c 'cd /app/rewa
 echo "looper-stub: reward_service holds only $(echo $stub_files)"
 
 step "trainer: looper --help, and rollouts scored by reward-service over the network"
-podman run --rm "looper-trainer:$tag" --help | grep -q "rollouts" || fail "looper-trainer: looper --help"
+help_text=$(podman run --rm "looper-trainer:$tag" --help) || fail "looper-trainer: looper --help"
+[[ "$help_text" == *rollouts* ]] || fail "looper-trainer: looper --help lists no rollouts command"
 podman rm -f -t 2 looper-it-stub >/dev/null  # one reward-service on the network: the Regime W one
 podman run --rm --network looper-it --read-only --tmpfs /tmp -e HF_HUB_OFFLINE=1 -e HOME=/tmp \
   -v "$work/secrets/looper_service_token:/run/secrets/looper_service_token:ro" -v "$root/docker/image_checks.py:/checks.py:ro" \

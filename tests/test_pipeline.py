@@ -135,3 +135,14 @@ def test_named_presets_are_yaml_files_that_build_a_config(tmp_path):
     assert build_config(str(custom), {"model": "m"}).work_dir == "runs/mine"
     with pytest.raises(ValueError, match="unknown preset 'nope': one of demo, gpu-small, h100-8b or a YAML file"):
         load_preset("nope")
+
+
+def test_a_units_folder_is_the_wiring_not_a_users_override(tmp_path):
+    """A rerun deletes an unfinished unit's folder: an overridden output path must never become that folder."""
+    work = tmp_path / "work"
+    config = build_config("demo", {"model": "m", "work_dir": str(work),
+                                   "prefs": {"output_file": "pairs.jsonl"}, "rollouts": {"output_file": "x.jsonl"}})  # fmt: skip
+    units = {u.name: u for u in Pipeline(config).units()}
+    assert units["prefs"].dir == work / "prefs" and units["rollouts"].dir == work / "rollouts"
+    assert units["prefs"].config.output_file == "pairs.jsonl"  # the stage still writes where the user said
+    assert units["sft"].dir == work / "sft" and units["sft"].outputs == [work / "sft" / "adapter_config.json"]

@@ -36,7 +36,7 @@ MANIFEST = "stage_manifest.json"
 PENDING = "stage_pending.json"
 MODELS = ("base", "sft", "dpo", "rl")
 # per-run values (a started service gets a new port and token each time): not part of any hash
-UNHASHED = ("service_url", "token_file")
+UNHASHED = ("service_url", "token_file", "engines_per_gpu")  # the last: scheduling only, same records
 
 # the named presets: YAML files shipped with the package (trainer/presets/NAME.yaml), comments and all
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -291,13 +291,16 @@ class Pipeline:
         return func(config)
 
     def _unit(self, stage: str, cls, run, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
-        """A stage's unit: its config, how it runs, and what it leaves (an adapter dir, or one output file)."""
+        """A stage's unit: its config, how it runs, and what it leaves (an adapter dir, or one output file).
+
+        The unit's folder (which a rerun may delete) comes from the wiring in `defaults`, never from the user's
+        overrides: `--set prefs.output_file=pairs.jsonl` must not make the current directory a unit's folder."""
         config = stage_config(cls, defaults, overrides)
-        if hasattr(config, "output_dir"):
-            folder = Path(config.output_dir)
+        if "output_dir" in defaults:
+            folder = Path(defaults["output_dir"])
             outputs = [folder / "adapter_config.json"]
         else:
-            outputs = [Path(config.output_file)]
+            outputs = [Path(defaults["output_file"])]
             folder = outputs[0].parent
         return Unit(name, stage, folder, config, after, lambda: run(config), outputs)
 
