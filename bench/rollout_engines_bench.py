@@ -23,7 +23,6 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from looper_common.jsonl import read_complete_lines
+from looper_common.jsonl import read_complete_lines, write_json
 from looper_common.local_service import local_service
 from rollout_worker.worker import RolloutConfig, run_rollouts
 
@@ -44,11 +43,11 @@ def generation_span(metrics: list[dict]) -> float:
     return max(m["finished_at"] for m in metrics) - min(starts)
 
 
-def run_one(args, k: int, workdir: Path, service) -> dict:
+def run_one(args, k: int, workdir: Path, url: str, token_file: Path) -> dict:
     output = workdir / f"engines-{k}" / "rollouts.jsonl"
     config = RolloutConfig(
         questions_file=args.questions, output_file=str(output), model=args.model, engine=args.engine,
-        service_url=service.url, max_questions=args.max_questions, batch_size=args.batch_size,
+        service_url=url, token_file=str(token_file), max_questions=args.max_questions, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, data_parallel_size=k, engines_per_gpu=k,
         gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
     )  # fmt: skip
@@ -85,30 +84,19 @@ def version(package: str) -> str | None:
 def figures_from(rows: list[dict], command: str) -> list[dict]:
     one = next(r for r in rows if r["engines"] == 1)
     best = max(rows, key=lambda r: r["generation_tok_s"])
-    common = {
+    shared = {
+        "baseline": {"engines": 1, "value": one["generation_tok_s"]},
+        "setting": {"engines_per_gpu": best["engines"]},
         "command": command,
         "gpu": gpu_name(),
         "date": datetime.date.today().isoformat(),
         "torch": version("torch"),
         "vllm": version("vllm"),
     }
+    ratio = round(best["generation_tok_s"] / one["generation_tok_s"], 2)
     return [
-        {
-            "name": "rollouts_tok_s",
-            "value": best["generation_tok_s"],
-            "unit": "completion tokens/s",
-            "baseline": {"engines": 1, "value": one["generation_tok_s"]},
-            "setting": {"engines_per_gpu": best["engines"]},
-            **common,
-        },
-        {
-            "name": "rollouts_vs_single_engine",
-            "value": round(best["generation_tok_s"] / one["generation_tok_s"], 2),
-            "unit": "x",
-            "baseline": {"engines": 1, "value": one["generation_tok_s"]},
-            "setting": {"engines_per_gpu": best["engines"]},
-            **common,
-        },
+        {"name": "rollouts_tok_s", "value": best["generation_tok_s"], "unit": "completion tokens/s", **shared},
+        {"name": "rollouts_vs_single_engine", "value": ratio, "unit": "x", **shared},
     ]
 
 
@@ -117,7 +105,7 @@ def record_figures(path: Path, entries: list[dict]) -> None:
     figures = json.loads(path.read_text()) if path.exists() else []
     names = {e["name"] for e in entries}
     figures = [f for f in figures if f["name"] not in names] + entries
-    path.write_text(json.dumps(sorted(figures, key=lambda f: f["name"]), indent=2) + "\n")
+    write_json(path, sorted(figures, key=lambda f: f["name"]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -145,9 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     with local_service(stub=args.stub, log_path=workdir / "service.log") as service:
-        os.environ["LOOPER_SERVICE_TOKEN"] = service.token
+        token_file = workdir / "token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(service.token)
         for k in engines:
-            rows.append(run_one(args, k, workdir, service))
+            rows.append(run_one(args, k, workdir, service.url, token_file))
             print(json.dumps(rows[-1]), flush=True)
 
     base = rows[0]["generation_tok_s"]
@@ -162,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
 
     result = {"command": command, "gpu": gpu_name(), "args": vars(args), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     if args.figures:
         record_figures(Path(args.figures), figures_from(rows, command))
     return result

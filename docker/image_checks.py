@@ -8,7 +8,6 @@ container on the compose network. Exits non-zero, saying why, on the first faile
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def rollouts(url: str, token_file: str) -> None:
     """Rollouts of a tiny random-weight model on the CPU, scored by the service: the trainer image's clients
     reach the service by its compose name with the token."""
     from looper.tiny_model import build_tiny_model
-    from looper_common.jsonl import write_jsonl
+    from looper_common.jsonl import read_rows, write_jsonl
     from rollout_worker.worker import RolloutConfig, run_rollouts
     from trainer.data import generated_records
 
@@ -62,7 +61,7 @@ def rollouts(url: str, token_file: str) -> None:
         service_url=url, token_file=token_file, max_questions=2, batch_size=2, max_new_tokens=8,
     )  # fmt: skip
     summary = run_rollouts(config)
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+    records = read_rows(output)
     check(summary["records"] == 2 and len(records) == 2, f"2 scored records, got {summary}")
     check(all(r["scorer_version"] for r in records), "every record names its scorer")
     print(f"rollouts: 2 questions x {len(records[0]['trajectories'])} arms scored by {url}")

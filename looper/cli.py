@@ -321,12 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
 
-    serve = sub.add_parser("serve", help="run the reward service")
     try:
-        add_serve_flags(serve)  # imports the service's settings
-        serve.set_defaults(func=cmd_serve)
+        serve_flags = argparse.ArgumentParser(add_help=False)
+        add_serve_flags(serve_flags)  # imports the service's settings
     except ImportError as exc:  # a client install (the trainer and worker images): the other commands work
+        # a parser that takes anything (no option prefix): `looper serve --port 1` gets the message below
+        serve = sub.add_parser("serve", help="run the reward service (not installed here)", prefix_chars="\0")
+        serve.add_argument("ignored", nargs="*")
         serve.set_defaults(func=_no_service, reason=str(exc))
+    else:
+        serve = sub.add_parser("serve", help="run the reward service", parents=[serve_flags])
+        serve.set_defaults(func=cmd_serve)
 
     schema = sub.add_parser("schema", help="export the JSON Schemas of the shared contract")
     schema.add_argument("--out", default="schemas", help="folder for the *.schema.json files")
@@ -468,10 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     # process (a pipeline's, after SFT) gets reproducible reductions
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.func is not _no_service:  # `serve` without the service: its own message, not "unrecognized"
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = build_parser().parse_args(argv)
     from looper_common.modeling import ModelSourceError
     from rollout_worker.client import ServiceError, ServiceUnavailable
     from rollout_worker.parallel import DataParallelError

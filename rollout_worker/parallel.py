@@ -12,10 +12,11 @@ coordination between replicas anyway. So the worker shards the questions itself:
   taken from the GPUs this process sees); with no GPU (HF engine on CPU) it is left alone.
 - `engines_per_gpu` K > 1 puts K shards on each GPU (shard k on GPU k // K), each with
   gpu_memory_utilization / K, for a small model whose engine is bound by host work per decode step (on an
-  H100 with a 0.5B model it measured no gain over one engine: bench/README.md). vLLM sizes its KV cache from the free memory it sees while it profiles, so
-  the engines of one GPU start one after another: a shard starts once the one before it on its GPU has built
-  its engine (`<shard>.ready`) or exited. Its log is
-  `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
+  H100 with a 0.5B model it measured no gain over one engine: bench/README.md). vLLM sizes its KV cache from
+  the free memory it sees while it profiles, so the engines of one GPU start one after another: a shard
+  starts once the one before it on its GPU has built its engine (`<shard>.ready`) or exited; once any shard
+  has failed, no more are started.
+- A shard's log is `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
 - When every shard has finished, the output is rewritten (temp file, then rename) with the records it had
   and the shards' records in question order, the shards' metrics are appended to `<output>.metrics.jsonl`
   with a "shard" field, and the shard files are removed. With per-request seeds (vLLM, and the HF engine's
@@ -158,6 +159,8 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
                 continue  # nothing to generate or score: its records wait for the merge
             if devices[k] is not None:
                 _wait_until_built({j: children[j] for j in _earlier_on_gpu(k, per_gpu) if j in children}, output, n)
+            if any(p.poll() not in (None, 0) for p in children.values()):
+                break  # a shard failed: starting more engines would only delay the report below
             sidecar(path, ".ready").unlink(missing_ok=True)
             children[k] = _start_shard(config, k, n, devices[k])
         _wait(children, output, n, len(questions) - len(done))

@@ -93,6 +93,11 @@ class RolloutConfig:
         for name in ("batch_size", "tensor_parallel_size", "data_parallel_size", "engines_per_gpu"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engines_per_gpu > self.data_parallel_size:
+            raise ValueError(
+                f"engines_per_gpu {self.engines_per_gpu} > data_parallel_size {self.data_parallel_size}: "
+                "data_parallel_size counts every engine, so pass it at least engines_per_gpu"
+            )
 
 
 # --- building records --------------------------------------------------------------------------------
@@ -322,11 +327,6 @@ def run_rollouts(config: RolloutConfig, engine: Engine | None = None, questions:
 
     questions = load_questions(config) if questions is None else questions
     token = read_token(config.token_file)  # a bad token file is said before any model loads
-    if config.engines_per_gpu > config.data_parallel_size:
-        raise ValueError(
-            f"engines_per_gpu {config.engines_per_gpu} > data_parallel_size {config.data_parallel_size}: "
-            "data_parallel_size counts every engine, so pass it at least engines_per_gpu"
-        )
     if config.data_parallel_size > 1:
         if engine is not None:
             raise ValueError("data_parallel_size > 1 starts one engine per worker process: pass no engine")

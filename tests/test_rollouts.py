@@ -228,9 +228,8 @@ def test_engines_per_gpu_share_each_gpu_in_order():
 
 
 def test_more_engines_per_gpu_than_engines_is_refused(tmp_path, questions):
-    config = RolloutConfig(questions_file=str(questions), model="m", data_parallel_size=1, engines_per_gpu=2)
     with pytest.raises(ValueError, match="pass it at least engines_per_gpu"):
-        run_rollouts(config, questions=[])
+        RolloutConfig(questions_file=str(questions), model="m", data_parallel_size=1, engines_per_gpu=2)
 
 
 def test_engines_sharing_a_gpu_start_one_after_another_and_write_what_one_process_writes(
