@@ -146,3 +146,12 @@ def test_a_units_folder_is_the_wiring_not_a_users_override(tmp_path):
     assert units["prefs"].dir == work / "prefs" and units["rollouts"].dir == work / "rollouts"
     assert units["prefs"].config.output_file == "pairs.jsonl"  # the stage still writes where the user said
     assert units["sft"].dir == work / "sft" and units["sft"].outputs == [work / "sft" / "adapter_config.json"]
+
+
+def test_the_pipelines_engine_reaches_grpo():
+    """`engine: vllm` (the GPU presets) generates GRPO's rounds with vLLM too, not with plain `generate`."""
+    rl = {name: {u.name: u for u in Pipeline(build_config(name, {"model": "m"})).units()}["rl"].config
+          for name in ("demo", "gpu-small", "h100-8b")}  # fmt: skip
+    assert not rl["demo"].use_vllm and rl["gpu-small"].use_vllm and rl["h100-8b"].use_vllm
+    kept = build_config("gpu-small", {"model": "m", "rl": {"use_vllm": False}})
+    assert not {u.name: u for u in Pipeline(kept).units()}["rl"].config.use_vllm  # an explicit setting wins

@@ -67,7 +67,10 @@ class PipelineConfig:
         default=None,
         metadata=help_text("with start_service: the service's scorer (looper serve --scorer); rl.scorer may differ"),
     )
-    engine: Literal["auto", "vllm", "hf"] = "auto"
+    engine: Literal["auto", "vllm", "hf"] = field(
+        default="auto",
+        metadata=help_text("every stage that generates: rollouts, eval, and GRPO (vllm: TRL's colocate mode)"),
+    )
     quantization: Literal["none", "4bit", "8bit"] = "none"
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=help_text("stages to run"))
     data: dict = field(default_factory=dict)
@@ -243,7 +246,8 @@ class Pipeline:
                             c.prefs, ["sft", "rollouts"]),
             self.dpo_unit("dpo", {**model, "pairs_file": str(pairs_file), "output_dir": str(dpo_dir)}, c.dpo,
                           ["sft", "prefs"]),
-            self.rl_unit("rl", {**model, "train_file": train, "output_dir": str(rl_dir)}, c.rl, ["data", "sft"]),
+            self.rl_unit("rl", {**model, "train_file": train, "output_dir": str(rl_dir), "use_vllm": c.engine == "vllm"},
+                         c.rl, ["data", "sft"]),
         ]  # fmt: skip
 
         models = {
