@@ -155,3 +155,30 @@ def test_the_pipelines_engine_reaches_grpo():
     assert not rl["demo"].use_vllm and rl["gpu-small"].use_vllm and rl["h100-8b"].use_vllm
     kept = build_config("gpu-small", {"model": "m", "rl": {"use_vllm": False}})
     assert not {u.name: u for u in Pipeline(kept).units()}["rl"].config.use_vllm  # an explicit setting wins
+
+
+def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
+    """bench/pipeline_bench.py --summarize on a real (tiny) run: every unit's seconds, the eval accuracies, and
+    GRPO's generating steps told from its optimizer-only steps by `steps_per_generation`."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pipeline_bench", Path(__file__).parents[1] / "bench" / "pipeline_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    work = tmp_path / "pipe"
+    values = tiny_values(format_model, work)
+    values["rl"] = {**values["rl"], "max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 2,
+                    "num_generations": 4}  # fmt: skip
+    values["eval"] = {**values["eval"], "max_questions": 2}
+    run_pipeline(build_config(values=values))
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
+    result = bench.main(["--preset", "demo", "--summarize", "--work-dir", str(work),
+                         "--out", str(tmp_path / "r.json"), "--figures", str(figures)])  # fmt: skip
+    assert set(result["units_s"]) >= {"data", "sft", "rl", "eval:generated_eval:base", "eval:generated_eval:rl"}
+    assert result["evals"]["generated_eval:base"]["questions"] == 2
+    grpo = result["grpo"]
+    assert grpo["rounds"] == 2 and grpo["prompts_per_round"] == 1 and grpo["use_vllm"] is False
+    names = [f["name"] for f in json.loads(figures.read_text())]
+    assert names == ["demo_pipeline_wall_s", "grpo_round_s", "kept"]  # no Platinum eval in this run: no such figure

@@ -1,0 +1,189 @@
+"""One `looper pipeline` run, timed stage by stage, with the GPU figures it yields.
+
+    python bench/pipeline_bench.py --preset gpu-small --model DIR --gsm8k DIR --platinum DIR \\
+        [--work-dir runs/pipeline-bench] [--set STAGE.FIELD=VALUE ...] [--figures bench/figures.json]
+
+Runs the pipeline as a user would (`python -m looper.cli pipeline ...`, the service started by the pipeline),
+then reads what the run left: every unit's seconds (`pipeline_summary.json`), the eval summaries (accuracy,
+completion tokens) and GRPO's per-step `step_time` (`rl/metrics.jsonl`). A GRPO step that starts a generation
+round (every `steps_per_generation`-th step) holds the round's generation, scoring and one optimizer step; the
+other steps are optimizer steps alone, the same-run baseline that shows what generation costs.
+
+Writes bench/results/pipeline_bench.json and, with --figures, records `<preset>_pipeline_wall_s`,
+`platinum_eval_wall_s` (the base model's Platinum eval unit: engine start, 1,209 greedy answers, scoring) and
+`grpo_round_s` (the median generating step, the first round left out: it holds vLLM's start).
+`--summarize WORK_DIR` skips the run and reads an earlier one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from looper_common.jsonl import read_rows, write_json
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def grpo_rounds(work: Path) -> dict | None:
+    """Generating vs optimizer-only GRPO steps, from TRL's `step_time` in the RL stage's metrics."""
+    metrics_file, manifest_file = work / "rl" / "metrics.jsonl", work / "rl" / "stage_manifest.json"
+    if not metrics_file.is_file() or not manifest_file.is_file():
+        return None
+    config = json.loads(manifest_file.read_text())["config"]
+    every = config["steps_per_generation"]
+    times = {r["step"]: r["step_time"] for r in read_rows(metrics_file, kind="RL metrics") if "step_time" in r}
+    generating = [t for step, t in sorted(times.items()) if (step - 1) % every == 0]
+    optimizer_only = [t for step, t in times.items() if (step - 1) % every != 0]
+    if len(generating) < 2 or not optimizer_only:
+        return None
+    return {
+        "rounds": len(generating),
+        "prompts_per_round": config["per_device_train_batch_size"] * every // config["num_generations"],
+        "num_generations": config["num_generations"],
+        "max_completion_length": config["max_completion_length"],
+        "use_vllm": config["use_vllm"],
+        "first_round_s": round(generating[0], 2),
+        "generating_step_median_s": round(statistics.median(generating[1:]), 3),
+        "optimizer_step_median_s": round(statistics.median(optimizer_only), 3),
+    }
+
+
+def summarize(work: Path) -> dict:
+    summary = json.loads((work / "pipeline_summary.json").read_text())
+    units = {name: info.get("seconds") for name, info in summary["stages"].items()}
+    evals = {}
+    for path in sorted((work / "eval").glob("*/*/summary.json")):
+        s = json.loads(path.read_text())
+        evals[f"{path.parent.parent.name}:{path.parent.name}"] = {
+            "questions": s["questions"],
+            "accuracy_strict": s["accuracy_strict"],
+            "correct_strict": s["correct_strict"],
+            "mean_completion_tokens": s["completion_tokens"]["mean"],
+            "truncated": s["truncated"],
+        }
+    return {"units_s": units, "skipped": summary["skipped"], "evals": evals, "grpo": grpo_rounds(work)}
+
+
+def figures_from(result: dict, command: str) -> list[dict]:
+    shared = {
+        "command": command,
+        "gpu": result["gpu"],
+        "date": result["date"],
+        "torch": result["torch"],
+        "vllm": result["vllm"],
+    }
+    units = result["units_s"]
+    figures = [
+        {
+            "name": f"{result['preset'].replace('-', '_')}_pipeline_wall_s",
+            "value": result["wall_s"],
+            "unit": "s",
+            "baseline": {"what": "one device lease", "value": 1800},
+            "setting": {"units_s_sum": round(sum(v for v in units.values() if v), 1)},
+            **shared,
+        }
+    ]
+    if units.get("eval:platinum:base"):
+        sft = units.get("eval:platinum:sft")
+        figures.append(
+            {
+                "name": "platinum_eval_wall_s",
+                "value": units["eval:platinum:base"],
+                "unit": "s",
+                "baseline": {"what": "the SFT adapter's Platinum eval in the same run (LoRA)", "value": sft},
+                "setting": {"questions": result["evals"].get("platinum:base", {}).get("questions"), "greedy": True},
+                **shared,
+            }
+        )
+    grpo = result.get("grpo")
+    if grpo:
+        figures.append(
+            {
+                "name": "grpo_round_s",
+                "value": grpo["generating_step_median_s"],
+                "unit": "s",
+                "baseline": {"what": "an optimizer-only GRPO step, same run", "value": grpo["optimizer_step_median_s"]},
+                "setting": {k: grpo[k] for k in ("prompts_per_round", "num_generations", "max_completion_length",
+                                                 "use_vllm", "rounds")},  # fmt: skip
+                **shared,
+            }
+        )
+    return figures
+
+
+def record_figures(path: Path, entries: list[dict]) -> None:
+    """Replace these entries (by name) in the figures file, keeping every other one."""
+    figures = json.loads(path.read_text()) if path.exists() else []
+    names = {e["name"] for e in entries}
+    write_json(path, sorted([f for f in figures if f["name"] not in names] + entries, key=lambda f: f["name"]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpu-small")
+    parser.add_argument("--model", help="base model dir")
+    parser.add_argument("--gsm8k", help="GSM8K dir (train/test JSONL)")
+    parser.add_argument("--platinum", help="GSM8K-Platinum dir")
+    parser.add_argument("--work-dir", default="runs/pipeline-bench")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="passed through")
+    parser.add_argument("--summarize", action="store_true", help="read an earlier run in --work-dir; run nothing")
+    parser.add_argument("--out", default="bench/results/pipeline_bench.json")
+    parser.add_argument("--figures", help="record the headline figures in this file (e.g. bench/figures.json)")
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir)
+    command = "python " + shlex.join(["bench/pipeline_bench.py", *(argv if argv is not None else sys.argv[1:])])
+
+    wall = None
+    if not args.summarize:
+        if not (args.model and args.gsm8k and args.platinum):
+            parser.error("--model, --gsm8k and --platinum are required to run (or pass --summarize)")
+        cli = [sys.executable, "-m", "looper.cli", "pipeline", "--preset", args.preset, "--model", args.model,
+               "--gsm8k", args.gsm8k, "--platinum", args.platinum, "--work-dir", str(work)]  # fmt: skip
+        for item in args.set:
+            cli += ["--set", item]
+        started = time.perf_counter()
+        subprocess.run(cli, check=True)
+        wall = round(time.perf_counter() - started, 1)
+    result = {
+        "preset": args.preset,
+        "wall_s": wall,
+        "gpu": gpu_name(),
+        "date": datetime.date.today().isoformat(),
+        "torch": version("torch"),
+        "vllm": version("vllm"),
+        "trl": version("trl"),
+        **summarize(work),
+    }
+    if wall is None:  # an earlier run: its units' seconds are what is known
+        result["wall_s"] = round(sum(v for v in result["units_s"].values() if v), 1)
+    write_json(Path(args.out), result)
+    print(json.dumps({k: result[k] for k in ("wall_s", "units_s", "grpo")}, indent=2))
+    for name, e in result["evals"].items():
+        print(f"{name:>20}: {e['correct_strict']}/{e['questions']} strict = {e['accuracy_strict']:.4f}")
+    if args.figures:
+        record_figures(Path(args.figures), figures_from(result, command))
+    return result
+
+
+if __name__ == "__main__":
+    main()
