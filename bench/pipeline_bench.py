@@ -69,8 +69,16 @@ def grpo_rounds(work: Path) -> dict | None:
 
 
 def summarize(work: Path) -> dict:
-    summary = json.loads((work / "pipeline_summary.json").read_text())
-    units = {name: info.get("seconds") for name, info in summary["stages"].items()}
+    """What a run left. A run that stopped early (no pipeline_summary.json) is read from its finished units'
+    manifests: `finished` is False and no pipeline wall figure comes from it."""
+    summary_file = work / "pipeline_summary.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        units = {name: info.get("seconds") for name, info in summary["stages"].items()}
+        skipped = summary["skipped"]
+    else:
+        manifests = [json.loads(p.read_text()) for p in sorted(work.rglob("stage_manifest.json"))]
+        units, skipped = {m["unit"]: m["seconds"] for m in manifests}, []
     evals = {}
     for path in sorted((work / "eval").glob("*/*/summary.json")):
         s = json.loads(path.read_text())
@@ -81,7 +89,8 @@ def summarize(work: Path) -> dict:
             "mean_completion_tokens": s["completion_tokens"]["mean"],
             "truncated": s["truncated"],
         }
-    return {"units_s": units, "skipped": summary["skipped"], "evals": evals, "grpo": grpo_rounds(work)}
+    return {"finished": summary_file.is_file(), "units_s": units, "skipped": skipped, "evals": evals,
+            "grpo": grpo_rounds(work)}  # fmt: skip
 
 
 def figures_from(result: dict, command: str) -> list[dict]:
@@ -93,16 +102,16 @@ def figures_from(result: dict, command: str) -> list[dict]:
         "vllm": result["vllm"],
     }
     units = result["units_s"]
-    figures = [
-        {
+    figures = []
+    if result["finished"]:
+        figures.append({
             "name": f"{result['preset'].replace('-', '_')}_pipeline_wall_s",
-            "value": result["wall_s"],
+            "value": result["wall_s"] or result["units_s_sum"],  # summarized: the units' own seconds
             "unit": "s",
             "baseline": {"what": "one device lease", "value": 1800},
-            "setting": {"units_s_sum": round(sum(v for v in units.values() if v), 1)},
+            "setting": {"units_s_sum": result["units_s_sum"]},
             **shared,
-        }
-    ]
+        })  # fmt: skip
     if units.get("eval:platinum:base"):
         sft = units.get("eval:platinum:sft")
         figures.append(
@@ -147,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work-dir", default="runs/pipeline-bench")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="passed through")
     parser.add_argument("--summarize", action="store_true", help="read an earlier run in --work-dir; run nothing")
+    parser.add_argument("--gpu", help="with --summarize, for a run made on another machine: its GPU's name")
+    parser.add_argument("--vllm", help="with --summarize, for a run made on another machine: its vLLM version")
     parser.add_argument("--out", default="bench/results/pipeline_bench.json")
     parser.add_argument("--figures", help="record the headline figures in this file (e.g. bench/figures.json)")
     args = parser.parse_args(argv)
@@ -167,20 +178,27 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "preset": args.preset,
         "wall_s": wall,
-        "gpu": gpu_name(),
+        "gpu": args.gpu or gpu_name(),
         "date": datetime.date.today().isoformat(),
         "torch": version("torch"),
-        "vllm": version("vllm"),
+        "vllm": args.vllm or version("vllm"),
         "trl": version("trl"),
         **summarize(work),
     }
-    if wall is None:  # an earlier run: its units' seconds are what is known
-        result["wall_s"] = round(sum(v for v in result["units_s"].values() if v), 1)
+    ran_with = work / "rl" / "looper_manifest.json"  # a run made elsewhere: the versions it trained with
+    if args.summarize and ran_with.is_file():
+        result.update({k: v for k, v in json.loads(ran_with.read_text())["versions"].items() if k in ("torch", "trl")})
+    result["units_s_sum"] = round(sum(v for v in result["units_s"].values() if v), 1)
     write_json(Path(args.out), result)
-    print(json.dumps({k: result[k] for k in ("wall_s", "units_s", "grpo")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("finished", "wall_s", "units_s_sum", "units_s", "grpo")}, indent=2))
     for name, e in result["evals"].items():
         print(f"{name:>20}: {e['correct_strict']}/{e['questions']} strict = {e['accuracy_strict']:.4f}")
     if args.figures:
+        if args.summarize:  # the figures' command is the run's, rebuilt from the config it recorded
+            ran = json.loads((work / "pipeline_config.json").read_text())
+            command = "python " + shlex.join(["bench/pipeline_bench.py", "--preset", args.preset, "--model",
+                                              ran["model"], "--gsm8k", ran["gsm8k"], "--platinum", ran["platinum"],
+                                              "--work-dir", ran["work_dir"], "--figures", args.figures])  # fmt: skip
         record_figures(Path(args.figures), figures_from(result, command))
     return result
 

@@ -170,46 +170,6 @@ def build_config(values: dict) -> AblationConfig:
     return AblationConfig(**values)
 
 
-# ---- running a stage in a fresh process
-
-
-# the child: unpickle (func, args, result path) from stdin, run, pickle ("ok", result) or ("error", text) back
-CHILD = """
-import logging, pickle, sys, traceback
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-func, args, out = pickle.load(sys.stdin.buffer)
-try:
-    result = ("ok", func(*args))
-except BaseException as exc:
-    result = ("error", f"{type(exc).__name__}: {exc}\\n{traceback.format_exc()}")
-with open(out, "wb") as f:
-    pickle.dump(result, f)
-"""
-
-
-def run_isolated(func, *args):
-    """func(*args) in a fresh Python process; its result comes back, its failure is raised here.
-
-    func must be importable by name (a module-level function of the project, pickled by reference). The child
-    is an ordinary process (vLLM may start its own), its output goes to this one's; everything it held on
-    the GPU is freed when it exits. An interrupt here kills it.
-    """
-    import pickle
-    import subprocess
-    import tempfile
-
-    if getattr(func, "__module__", None) in (None, "__main__", __name__):
-        raise ValueError(f"{func!r} must be importable by name in a fresh process (a function of the project)")
-    with tempfile.TemporaryDirectory(prefix="ablation-stage-") as tmp:
-        out = Path(tmp) / "result.pickle"
-        proc = subprocess.run([sys.executable, "-c", CHILD], input=pickle.dumps((func, args, str(out))), check=False)
-        status, value = pickle.loads(out.read_bytes()) if out.is_file() else ("error", "no result written")
-    if status != "ok":
-        name = getattr(func, "__name__", func)
-        raise RuntimeError(f"{name} failed in its own process (exit {proc.returncode}): {value}")
-    return value
-
-
 # ---- the units
 
 
@@ -217,9 +177,6 @@ class Ablation(Pipeline):
     """`looper pipeline`'s machinery (units, manifests, skip/resume, the service) over the ablation's units."""
 
     config: AblationConfig
-
-    def call(self, func, config):
-        return run_isolated(func, config) if self.config.isolate else func(config)
 
     def _data(self, values: dict):
         from trainer.data import prepare_data

@@ -4,7 +4,6 @@ everything and a killed arm resumes alone. Plus the guards that keep the arms' b
 
 import importlib.util
 import json
-import operator
 import sys
 from pathlib import Path
 
@@ -157,11 +156,3 @@ def test_the_one_lease_config_cuts_only_budgets_and_plans_within_one_lease(ablat
     assert sum(r["seconds"] for r in rows) / 60 <= sys.modules["ablation_estimate"].LEASE_MINUTES
     ablation.main([*lease_args, "--plan"])
     assert "(fits one lease of 24 min)" in capsys.readouterr().out
-
-
-def test_a_stage_in_its_own_process_returns_its_result_and_raises_its_error(ablation):
-    assert ablation.run_isolated(operator.add, 2, 3) == 5
-    with pytest.raises(RuntimeError, match="ValueError"):
-        ablation.run_isolated(int, "not a number")
-    with pytest.raises(ValueError, match="importable"):
-        ablation.run_isolated(ablation.check_pairs, [])  # the script's own: not importable in a fresh process

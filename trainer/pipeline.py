@@ -25,7 +25,8 @@ from typing import Literal
 
 import yaml
 
-from looper_common.config import help_text
+from looper_common.config import help_text, scalar_type
+from looper_common.isolation import run_isolated
 from looper_common.jsonl import write_json
 
 log = logging.getLogger("looper.pipeline")
@@ -72,6 +73,11 @@ class PipelineConfig:
         metadata=help_text("every stage that generates: rollouts, eval, and GRPO (vllm: TRL's colocate mode)"),
     )
     quantization: Literal["none", "4bit", "8bit"] = "none"
+    isolate: bool | None = field(
+        default=None,
+        metadata=help_text("run each GPU stage in a fresh process, so its engine starts with the GPU's memory free "
+                           "(None: when engine is vllm)"),
+    )  # fmt: skip
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=help_text("stages to run"))
     data: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
@@ -135,8 +141,6 @@ def stage_config(cls, defaults: dict, overrides: dict):
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(sorted(unknown))}")
-    from looper_common.config import scalar_type
-
     hints = typing.get_type_hints(cls)
     overrides = dict(overrides)
     for key, value in overrides.items():
@@ -275,7 +279,7 @@ class Pipeline:
                         out,
                         ev,
                         ["data", *upstream],
-                        (lambda ev=ev: run_eval_stage(ev)),
+                        (lambda ev=ev: self.call(run_eval_stage, ev)),
                         [out / "summary.json"],
                     )
                 )
@@ -291,8 +295,14 @@ class Pipeline:
     # that runs it and its outputs. `looper pipeline` and the experiments wire their units through these.
 
     def call(self, func, config):
-        """Run a stage's function here (the ablation runs GPU stages in a fresh process instead)."""
-        return func(config)
+        """Run a GPU stage's function: in a fresh process when isolating (vLLM, or `isolate: true`), else here.
+
+        In one process, memory an earlier stage's engine held (TRL's colocate vLLM above all) is not all given
+        back, and the next vLLM engine refuses to start for want of it."""
+        isolate = self.config.isolate
+        if isolate is None:
+            isolate = self.config.engine == "vllm"
+        return run_isolated(func, config) if isolate else func(config)
 
     def _unit(self, stage: str, cls, run, name: str, defaults: dict, overrides: dict, after: list[str]) -> Unit:
         """A stage's unit: its config, how it runs, and what it leaves (an adapter dir, or one output file).
@@ -489,7 +499,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         doc = f.metadata.get("help", "")
-        if tp is bool:
+        if scalar_type(tp) is bool:  # bool, or bool | None (isolate: None decides by the engine)
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif f.name == "stages":
             parser.add_argument(flag, dest=f.name, default=None, help=f"{doc} (comma-separated; default: all)")
