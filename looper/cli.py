@@ -227,6 +227,16 @@ def cmd_consensus(args: argparse.Namespace) -> None:
           f" -> {args.output_file}")  # fmt: skip
 
 
+def cmd_variants(args: argparse.Namespace) -> None:
+    from looper_common.config import config_from_args
+    from trainer.variants import VariantsConfig, write_variants
+
+    stats = write_variants(config_from_args(VariantsConfig, args))
+    print(f"{stats['questions_with_variants']} of {stats['questions']} questions: {stats['paraphrases']} paraphrases, "
+          f"{stats['twins_made']} of {stats['twins_tried']} counterfactual twins verified "
+          f"(dropped: {stats['twins_dropped'] or '-'}) -> {args.output_file}")  # fmt: skip
+
+
 def cmd_rl(args: argparse.Namespace) -> None:
     from looper_common.config import config_from_args
     from trainer.rl import RLStageConfig, run_rl
@@ -441,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     consensus.add_argument("--rollouts-file", required=True, help="scored rollouts (looper rollouts)")
     consensus.add_argument("--output-file", required=True, help="JSONL of {id, question, answer: '#### N'}")
     consensus.set_defaults(func=cmd_consensus)
+
+    from trainer.variants import VariantsConfig
+
+    variants = sub.add_parser(
+        "variants", help="probes as verifiable prompts: paraphrases and counterfactual twins with recomputed answers"
+    )
+    add_config_args(variants, VariantsConfig)
+    variants.set_defaults(func=cmd_variants)
 
     rl = sub.add_parser("rl", help="online RL (TRL GRPO or RLOO) with rewards from the service over HTTP")
     add_config_args(rl, RLStageConfig)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from shared_schemas.models import ArmSpec, QuestionPrompts, RenderedArmPrompt
+from shared_schemas.prompts import paraphrase
 
 FINAL_LINE = "End your solution with a final line of the form 'Answer: <number>'."
 
@@ -74,37 +73,6 @@ REGIME_W_ARMS: tuple[ArmSpec, ...] = (
         user_template=COUNTERFACTUAL_TEMPLATE,
     ),
 )
-
-# Word swaps that keep a grade-school problem's meaning (and numbers) intact.
-_SYNONYMS = {
-    "buys": "purchases",
-    "bought": "purchased",
-    "buy": "purchase",
-    "in total": "altogether",
-    "gives": "hands",
-    "gave": "handed",
-    "each day": "every day",
-    "each week": "every week",
-    "each month": "every month",
-    "each year": "every year",
-}
-_SYNONYM_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in _SYNONYMS) + r")\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z$\d])")
-
-
-def paraphrase(question: str) -> str:
-    """The same problem in other words, numbers untouched: the question is asked first, then the facts."""
-
-    def swap(match: re.Match) -> str:
-        word = _SYNONYMS[match.group(0).lower()]
-        return word.capitalize() if match.group(0)[0].isupper() else word
-
-    text = _SYNONYM_RE.sub(swap, question.strip())
-    sentences = _SENTENCE_END.split(text)
-    if len(sentences) >= 2 and sentences[-1].endswith("?"):
-        return f"{sentences[-1]} Here is what we know: {' '.join(sentences[:-1])}"
-    return f"Consider the following situation. {text}"
-
 
 def render_prompts(arms: tuple[ArmSpec, ...], question_id: str, question: str) -> QuestionPrompts:
     """Every arm's system and user prompt for one question (the rephrase probe gets the paraphrase)."""

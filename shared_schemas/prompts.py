@@ -50,3 +50,34 @@ def solution_target(gsm8k_answer: str) -> str:
     """A GSM8K solution as a training target: calculator annotations removed, '#### N' -> 'Answer: N'."""
     text = _CALCULATOR.sub("", gsm8k_answer).strip()
     return _FINAL.sub(lambda m: f"\nAnswer: {m.group(1).replace(',', '')}", text)
+
+
+# Word swaps that keep a grade-school problem's meaning (and numbers) intact.
+_SYNONYMS = {
+    "buys": "purchases",
+    "bought": "purchased",
+    "buy": "purchase",
+    "in total": "altogether",
+    "gives": "hands",
+    "gave": "handed",
+    "each day": "every day",
+    "each week": "every week",
+    "each month": "every month",
+    "each year": "every year",
+}
+_SYNONYM_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in _SYNONYMS) + r")\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z$\d])")
+
+
+def paraphrase(question: str) -> str:
+    """The same problem in other words, numbers untouched: the question is asked first, then the facts."""
+
+    def swap(match: re.Match) -> str:
+        word = _SYNONYMS[match.group(0).lower()]
+        return word.capitalize() if match.group(0)[0].isupper() else word
+
+    text = _SYNONYM_RE.sub(swap, question.strip())
+    sentences = _SENTENCE_END.split(text)
+    if len(sentences) >= 2 and sentences[-1].endswith("?"):
+        return f"{sentences[-1]} Here is what we know: {' '.join(sentences[:-1])}"
+    return f"Consider the following situation. {text}"

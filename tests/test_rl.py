@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,59 @@ def test_a_run_against_another_scorer_stops_before_training(format_model, prompt
     with pytest.raises(RewardServiceFailure, match="expects rewards from scorer 'regime_w_v2'.*looper serve --scorer"):
         run_rl(config)
     assert not (tmp_path / "mismatch" / "metrics.jsonl").exists()  # no model was trained
+
+
+@pytest.fixture(scope="module")
+def settled_prompts_file(format_model, tmp_path_factory) -> Path:
+    """Questions whose gold is the answer the model gives every time at temperature 0.05: groups it gets all right,
+    which carry no signal and whose variants design B samples instead."""
+    from looper_common.modeling import load_tokenizer
+    from shared_schemas.answers import extract_answer
+    from shared_schemas.prompts import build_prompt
+
+    tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
+    torch.manual_seed(0)
+    rows = []
+    for row in generated_records(16, seed=33):
+        ids = tokenizer(build_prompt(row["question"], tokenizer), return_tensors="pt").input_ids.repeat(4, 1)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.05,
+                                 max_new_tokens=48, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        answers = {extract_answer(tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True)) for o in out}
+        if len(answers) == 1 and None not in answers:
+            rows.append({**row, "gold_solution": row["answer"], "answer": f"#### {answers.pop()}"})
+    assert len(rows) >= 4, "too few questions the model answers the same way every time"
+    path = tmp_path_factory.mktemp("rl-settled") / "prompts.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def test_grpo_samples_the_variants_of_all_correct_groups_and_a_resumed_run_keeps_their_queue(
+    format_model, settled_prompts_file, service_token, tmp_path
+):
+    """Design B for real: rounds whose groups all come back right queue those questions' paraphrases and
+    counterfactual twins (replayed from the generator's annotated solutions), and the next round samples them."""
+    from trainer.data import read_jsonl
+    from trainer.variants import question_variants
+
+    rows = [row for r in read_jsonl(settled_prompts_file)
+            for row in question_variants({**r, "answer": r["gold_solution"]}, 1, Counter())]  # fmt: skip
+    variants = tmp_path / "variants.jsonl"
+    write_jsonl(variants, rows)
+    config = rl_config(format_model, settled_prompts_file, tmp_path / "b", service_token, reward="correctness",
+                       temperature=0.05, max_steps=2, save_steps=1, variants_file=str(variants))  # fmt: skip
+    out = run_rl(config)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rounds = [row for row in logged if "variants/groups" in row]
+    assert len(rounds) == 2 and rounds[0]["variants/all_correct_groups"] >= 1 and rounds[0]["variants/queued"] >= 1
+    assert rounds[0]["variants/variant_groups"] == 0 and rounds[1]["variants/variant_groups"] == 1  # share 0.5 of 2
+    saved = json.loads((out / "checkpoints" / "checkpoint-2" / "variant_sampler.json").read_text())
+    manifest = json.loads((out / "looper_manifest.json").read_text())
+    assert manifest["variants"] == saved["totals"] and saved["totals"]["variant_groups"] == 1
+
+    resumed = run_rl(dataclasses.replace(config, max_steps=3))  # continues from checkpoint-2 with its queue
+    again = json.loads((resumed / "looper_manifest.json").read_text())
+    assert again["global_step"] == 3 and again["resumed_from"].endswith("checkpoint-2")
+    assert again["variants"]["groups"] == saved["totals"]["groups"] + 2  # the saved counts, plus one more round
+    with pytest.raises(ValueError, match="GRPO in one process"):
+        run_rl(dataclasses.replace(config, algo="rloo", scale_rewards=None, loss_type=None, output_dir=str(tmp_path / "r")))

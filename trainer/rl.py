@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from looper_common.config import help_text
+from looper_common.jsonl import write_json
 from looper_common.token import TOKEN_ENV, read_token
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceError, ServiceUnavailable
 from shared_schemas.models import MAX_TEXT_CHARS, ScoreRequest, ScoreResponse, Trajectory, bounded_text
@@ -28,6 +29,7 @@ from trainer.data import read_jsonl
 from trainer.sft import LORA_TARGETS, file_sha256, lora_config, stage_training_args, versions
 
 log = logging.getLogger("looper.rl")
+SAMPLER_STATE = "variant_sampler.json"
 RewardMode = Literal["regime_w", "correctness", "label_free"]
 # scorers whose responses carry the robustness score u that advantage modulation reads
 ROBUSTNESS_SCORERS = ("regime_w_v2", "random_tiebreak")
@@ -104,6 +106,12 @@ class RLStageConfig:
     modulation_kappa: float = field(
         default=10.0, metadata=help_text("sign-preserving modulation: a change is at most |A| / kappa")
     )
+    variants_file: str | None = field(
+        default=None,
+        metadata=help_text("design B (looper variants): a question whose group comes back all correct has its "
+                           "verifiable variants sampled in the next round instead of fresh questions"),
+    )  # fmt: skip
+    variant_share: float = field(default=0.5, metadata=help_text("the most of a round's groups variants may take"))
     use_vllm: bool = field(default=False, metadata=help_text("generate with vLLM (TRL colocate mode on one GPU)"))
     vllm_gpu_memory_utilization: float = 0.3
     report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
@@ -126,6 +134,8 @@ class RLStageConfig:
                     f"{', '.join(given) or 'advantage_modulation'} applies to GRPO only; RLOO normalises its own "
                     "advantages: leave it unset or use --algo grpo"
                 )
+        if self.variants_file is not None and not 0.0 < self.variant_share <= 1.0:
+            raise ValueError(f"variant_share must be in (0, 1], not {self.variant_share}")
         if self.advantage_modulation != "none":
             if self.scorer not in ROBUSTNESS_SCORERS:
                 raise ValueError(
@@ -237,6 +247,7 @@ class ServiceReward:
         self.scorer = scorer
         self.__name__ = mode  # TRL names the logged reward column after this
         self.last_robustness: list[float] = []  # this process's completions of the last call, in order
+        self.last_correct: list[bool] = []
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
         chunks = [requests[i : i + self.chunk] for i in range(0, len(requests), self.chunk)]
@@ -284,10 +295,11 @@ class ServiceReward:
             results = asyncio.run(self.score(requests))
             rewards = rewards_from(results, placement, self.mode)
             robustness = robustness_from(results, placement)
-            payload = [(rewards, robustness, batch_metrics(results, rewards, self.mode), group_sizes(results))]
+            correct = [results[g].trajectories[k].correct for g, k in placement]
+            payload = [(rewards, robustness, correct, batch_metrics(results, rewards, self.mode), group_sizes(results))]
         if state.num_processes > 1:
             broadcast_object_list(payload)
-        rewards, robustness, metrics, sizes_scored = payload[0]
+        rewards, robustness, correct, metrics, sizes_scored = payload[0]
         if log_metric is not None:
             for name, value in metrics.items():
                 log_metric(f"service/{name}", value)
@@ -296,6 +308,7 @@ class ServiceReward:
                 f.write(json.dumps({"completions": len(rewards), **sizes_scored, **metrics}) + "\n")
         start = sum(sizes[: state.process_index])
         self.last_robustness = robustness[start : start + len(local)]
+        self.last_correct = correct[start : start + len(local)]
         return rewards[start : start + len(local)]
 
 
@@ -332,6 +345,37 @@ def modulating_trainer(base_cls, reward: ServiceReward, beta: float, kappa: floa
             return output
 
     return ModulatedGRPOTrainer
+
+
+def dynamic_sampling_trainer(base_cls, reward: ServiceReward, sampler, group: int):
+    """`base_cls` whose training rounds swap fresh questions for the variants of all-correct groups (design B):
+    before a round generates, queued variants take their slots; after it is scored, its all-correct groups
+    queue theirs. Logged as variants/* (how many groups were variants, how many of those came back mixed)."""
+
+    class DynamicSamplingGRPOTrainer(base_cls):
+        def _generate_and_score_completions(self, inputs):
+            if not self.model.training:
+                return super()._generate_and_score_completions(inputs)
+            inputs = sampler.swap(inputs, group)
+            output = super()._generate_and_score_completions(inputs)
+            for name, value in sampler.observe(inputs, reward.last_correct, group).items():
+                self._metrics["train"][f"variants/{name}"].append(value)
+            return output
+
+    return DynamicSamplingGRPOTrainer
+
+
+def sampler_state_callback(sampler, checkpoints: Path):
+    """Saves the dynamic sampler's queue beside each checkpoint, so a resumed run continues it."""
+    from transformers import TrainerCallback
+
+    class SamplerState(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = checkpoints / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                write_json(folder / SAMPLER_STATE, sampler.state_dict())
+
+    return SamplerState()
 
 
 def adaptive_kl_callback(target: float, horizon: int):
@@ -387,6 +431,12 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
     return AlgoConfig(**{**fields, **overrides})
 
 
+def prompt_item(record: dict, tokenizer) -> dict:
+    """One training prompt as the trainer and the reward function read it."""
+    return {"prompt": build_prompt(record["question"], tokenizer), "question_id": record["id"],
+            "question": record["question"], "gold_answer": record["answer"]}  # fmt: skip
+
+
 def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     from datasets import Dataset
 
@@ -404,13 +454,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     records = read_jsonl(config.train_file, required=("id", "question", "answer"))[: config.max_prompts]
     tokenizer = load_tokenizer(config.model)
     tokenizer.padding_side = "left"
-    dataset = Dataset.from_list(
-        [
-            {"prompt": build_prompt(r["question"], tokenizer), "question_id": r["id"], "question": r["question"],
-             "gold_answer": r["answer"]}
-            for r in records
-        ]
-    )  # fmt: skip
+    dataset = Dataset.from_list([prompt_item(r, tokenizer) for r in records])
     client = ClientConfig(
         url=config.service_url,
         token=read_token(config.token_file),
@@ -421,11 +465,24 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     asyncio.run(reward.preflight())
     if config.advantage_modulation == "sign_preserving":
         AlgoTrainer = modulating_trainer(AlgoTrainer, reward, config.modulation_beta, config.modulation_kappa)
+    sampler = None
+    if config.variants_file is not None:
+        from accelerate import PartialState
+
+        from trainer.variants import DynamicSampler, read_variants
+
+        if config.algo != "grpo" or PartialState().num_processes > 1:
+            raise ValueError("variants (dynamic sampling) run with GRPO in one process: use --algo grpo on one GPU")
+        sampler = DynamicSampler(read_variants(config.variants_file), config.variant_share,
+                                 lambda row: prompt_item(row, tokenizer))  # fmt: skip
+        AlgoTrainer = dynamic_sampling_trainer(AlgoTrainer, reward, sampler, config.num_generations)
     args = rl_training_args(config, str(checkpoints))
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
     # the KL controller adds beta to the logs, so it runs before the metrics writer
     extra = [*callbacks, guard, *([kl_control] if kl_control else []), JsonlMetrics(out / "metrics.jsonl")]
+    if sampler is not None:
+        extra.append(sampler_state_callback(sampler, checkpoints))
     policy, source = load_policy(config.model)
     trainer = AlgoTrainer(
         model=policy,
@@ -440,6 +497,12 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
     if kl_control is not None:
         kl_control.trainer = trainer
         trainer.beta = resumed_beta(resume) or trainer.beta  # a resumed run goes on with the adapted beta
+    if sampler is not None and resume is not None:
+        saved = Path(resume) / SAMPLER_STATE
+        if saved.is_file():
+            sampler.load_state_dict(json.loads(saved.read_text()))
+        else:
+            log.warning("%s has no %s: the dynamic sampler starts with an empty queue", resume, SAMPLER_STATE)
     initial_beta = getattr(trainer, "beta", None)
     result = trainer.train(resume_from_checkpoint=resume)
 
@@ -459,6 +522,7 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         "final_beta": getattr(trainer, "beta", None),
         "resumed_from": resume,
         "adapter_fold": fold,
+        "variants": None if sampler is None else sampler.state_dict()["totals"],
         "versions": versions(),
     }
     (out / "looper_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
