@@ -1,7 +1,7 @@
 """Does Regime W v2 beat the correctness reward? GRPO arms that differ only in their reward, over several seeds.
 
     data -> SFT (once per work dir, shared by every arm) -> questions: the first `questions` train rows
-         -> [rollouts of the SFT model on them -> consensus labels]   (only when an arm trains on design D)
+         -> [rollouts of the SFT model on them -> consensus labels | variants]   (only for designs D and B)
          -> eval-shared: base and SFT on Platinum and dev
          -> per seed, per arm: GRPO on the questions -> per seed: every arm's eval (one engine)
          -> records (small JSON, committed) -> results: per arm and seed, and pooled over seeds
@@ -11,7 +11,10 @@ The arms (`arms:` in regime_w_v2.yaml; each sets only the RL fields it is about)
 - v2: design A, the service's regime_w_v2 reward (correctness + a gated, capped, length-neutral tie-break);
 - v2_modulated: design C, correctness advantages modulated sign-preservingly by v2's robustness u;
 - random_tiebreak: the control, v2's tie-break values shuffled among a group's correct answers;
-- consensus: design D, the correctness reward against the arms' majority answer instead of gold.
+- consensus: design D, the correctness reward against the arms' majority answer instead of gold;
+- probe_variants: design B, the correctness reward, and a round's all-correct groups have their questions'
+  paraphrases and counterfactual twins (`looper variants`, on the questions the SFT model's arms agree on)
+  sampled in the next round in place of fresh questions (same steps and completions; fewer fresh questions).
 Every arm trains on the same questions with the same settings (the `rl:` block: `scale_rewards`, `loss_type`,
 steps, lengths, learning rate), the same step count and the same seed; `check_arms` refuses anything else.
 
@@ -51,12 +54,14 @@ from trainer.pipeline import Unit, hashed, merge, stage_config  # noqa: E402
 log = logging.getLogger("looper.regime_w_v2")
 
 DEFAULT_CONFIG = HERE / "regime_w_v2.yaml"
-STAGES = ("data", "sft", "questions", "rollouts", "consensus", "rl", "eval", "record", "results")
-BLOCKS = ("sft", "rollouts", "rl", "eval", "compare")
+STAGES = ("data", "sft", "questions", "rollouts", "consensus", "variants", "rl", "eval", "record", "results")
+BLOCKS = ("sft", "rollouts", "variants", "rl", "eval", "compare")
 EVAL_SETS = ("platinum", "dev")
-# what an arm may set: its reward and nothing else (`labels` picks the answers its correctness reward checks)
-ARM_FIELDS = {"reward", "scorer", "advantage_modulation", "labels"}
+# what an arm may set: its reward and nothing else (`labels` picks the answers its correctness reward checks,
+# `variants: probes` lets its rounds sample the verifiable variants of all-correct groups)
+ARM_FIELDS = {"reward", "scorer", "advantage_modulation", "labels", "variants"}
 LABELS = ("gold", "consensus")
+VARIANTS = ("none", "probes")
 BASELINE = "correctness"
 SHARED_MODELS = ("base", "sft")
 SMOKE_V2 = {
@@ -67,6 +72,7 @@ SMOKE_V2 = {
     "records_dir": "runs/regime-w-v2-smoke/records",
     "results_file": "runs/regime-w-v2-smoke/regime_w_v2.json",
     "rollouts": {**SMOKE["rollouts"], "label_free": False},
+    "variants": {"min_agreement": 0.0},  # the tiny model's arms rarely agree: every question gets variants
     "rl": {**SMOKE["rl"], "max_steps": 1, "save_steps": 1000},
     "compare": {"n_resamples": 200},
 }
@@ -99,6 +105,7 @@ class V2Config:
     arms: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
     rollouts: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
     rl: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)
@@ -119,10 +126,13 @@ class V2Config:
                                 f"(an arm sets only {', '.join(sorted(ARM_FIELDS))}; the rest goes in rl:)")  # fmt: skip
             if arm.get("labels", "gold") not in LABELS:
                 problems.append(f"arm {name}: labels must be one of {', '.join(LABELS)}")
+            if arm.get("variants", "none") not in VARIANTS:
+                problems.append(f"arm {name}: variants must be one of {', '.join(VARIANTS)}")
         unknown_arms = sorted(set(self.run_arms or ()) - set(self.arms))
         if unknown_arms:
             problems.append(f"--arms {', '.join(unknown_arms)}: not an arm of the config ({', '.join(self.arms)})")
-        script_set = ARM_FIELDS | {"model", "train_file", "output_dir", "seed", "service_url", "token_file"}
+        script_set = ARM_FIELDS | {"model", "train_file", "output_dir", "seed", "service_url", "token_file",
+                                   "variants_file"}  # fmt: skip
         taken = sorted(set(self.rl) & script_set)
         if taken:
             problems.append(f"rl: {', '.join(taken)} are set per arm or by the script, not in the shared block")
@@ -144,6 +154,10 @@ class V2Config:
     def needs_consensus(self) -> bool:
         return any(self.arms[a].get("labels") == "consensus" for a in self.selected_arms)
 
+    @property
+    def needs_variants(self) -> bool:
+        return any(self.arms[a].get("variants", "none") == "probes" for a in self.selected_arms)
+
 
 class V2Experiment(Ablation):
     config: V2Config
@@ -154,6 +168,9 @@ class V2Experiment(Ablation):
     def eval_dir(self, seed: int | None, set_name: str, model: str) -> Path:
         where = self.work / "eval-shared" if seed is None else self.work / f"seed-{seed}" / "eval"
         return where / set_name / model
+
+    def variants_file(self) -> Path:
+        return self.work / "variants" / "variants.jsonl"
 
     def labels_file(self, labels: str) -> Path:
         return self.work / "questions" / "gold.jsonl" if labels == "gold" else self.work / "consensus" / "labels.jsonl"
@@ -170,7 +187,9 @@ class V2Experiment(Ablation):
         c = self.config
         out = {}
         for arm, settings in c.arms.items():
-            arm_rl = {k: v for k, v in settings.items() if k != "labels"}
+            arm_rl = {k: v for k, v in settings.items() if k not in ("labels", "variants")}
+            if settings.get("variants", "none") == "probes":
+                arm_rl["variants_file"] = str(self.variants_file())
             train = self.labels_file(settings.get("labels", "gold"))
             out[arm] = stage_config(RLStageConfig, {"engine": c.engine, "quantization": c.quantization, "seed": seed,
                                                     "model": str(self.work / "sft"), "train_file": str(train),
@@ -196,16 +215,25 @@ class V2Experiment(Ablation):
         units.append(Unit("questions", "questions", gold.parent, questions, ["data"],
                           lambda: first_questions(questions), [gold]))  # fmt: skip
         rl_inputs = ["sft", "questions"]
-        if c.needs_consensus:
-            rollouts_file = w / "rollouts" / "rollouts.jsonl"
+        rollouts_file = w / "rollouts" / "rollouts.jsonl"
+        if c.needs_consensus or c.needs_variants:
             units.append(self.rollouts_unit("rollouts", {**common, "questions_file": str(gold), "model": str(sft_dir),
                                                          "output_file": str(rollouts_file),
                                                          "max_questions": c.questions},
                                             c.rollouts, ["sft", "questions"]))  # fmt: skip
+        if c.needs_consensus:
             labels = {"rollouts_file": str(rollouts_file), "out": str(self.labels_file("consensus"))}
             units.append(Unit("consensus", "consensus", w / "consensus", labels, ["rollouts"],
                               lambda: write_consensus_labels(labels), [self.labels_file("consensus")]))  # fmt: skip
             rl_inputs.append("consensus")
+        if c.needs_variants:
+            from trainer.variants import VariantsConfig, write_variants
+
+            variants = stage_config(VariantsConfig, {"train_file": str(gold), "rollouts_file": str(rollouts_file),
+                                                     "output_file": str(self.variants_file())}, c.variants)  # fmt: skip
+            units.append(Unit("variants", "variants", self.variants_file().parent, variants, ["questions", "rollouts"],
+                              lambda: write_variants(variants), [self.variants_file()]))  # fmt: skip
+            rl_inputs.append("variants")
         shared = [stage_config(EvalConfig, {"engine": c.engine, "seed": c.data_seed, "model": m_dir, "name": m,
                                             "data_file": str(evals[s]), "output_dir": str(self.eval_dir(None, s, m))},
                                c.eval) for s in evals for m, m_dir in (("base", c.model), ("sft", str(sft_dir)))]  # fmt: skip
@@ -243,7 +271,7 @@ class V2Experiment(Ablation):
 
 def check_arms(configs: dict, arms: dict) -> None:
     """Every arm's RL config equals the baseline's except for the arm's own fields and its paths."""
-    allowed = ARM_FIELDS | {"train_file", "output_dir"}
+    allowed = ARM_FIELDS | {"train_file", "output_dir", "variants_file"}
     base = hashed(configs[BASELINE])
     for arm, settings in arms.items():
         cfg = hashed(configs[arm])
@@ -302,6 +330,7 @@ def training_stats(arm_dir: Path) -> dict:
         "train_accuracy_last_tenth": _mean(accuracy[-tenth:]),
         "train_accuracy_curve": [round(a, 4) for a in accuracy],
         "groups_without_correctness_signal": _mean(uniform),
+        "variants": manifest.get("variants"),  # design B: the dynamic sampler's totals (None: other arms)
         "mean_completion_tokens_train": _mean(lengths),
     }
 
@@ -338,7 +367,8 @@ def write_records(experiment: V2Experiment, records_dir: Path) -> list[str]:
                   "settings": c.arms.get(model), "eval": evals}  # fmt: skip
         if seed is not None:
             record["rl"] = {k: v for k, v in hashed(experiment.rl_configs(seed)[model]).items()
-                            if k not in ("model", "train_file", "output_dir", "service_url", "token_file")}  # fmt: skip
+                            if k not in ("model", "train_file", "output_dir", "service_url", "token_file",
+                                         "variants_file")}  # fmt: skip
             record["training"] = training_stats(experiment.arm_dir(seed, model))
         name = f"{lease}-{model}.json" if seed is None else f"seed-{seed}-{model}.json"
         path = records_dir / name
@@ -353,6 +383,12 @@ def write_records(experiment: V2Experiment, records_dir: Path) -> list[str]:
         path = records_dir / f"{lease}-consensus-labels.json"
         labels.pop("rollouts_file", None)  # a path of the machine that ran it
         path.write_text(json.dumps({"lease": lease, **labels}, indent=2) + "\n")
+        written.append(str(path))
+    variants = _json(experiment.variants_file().with_suffix(".stats.json"))
+    if variants is not None:  # design B's twin yield
+        path = records_dir / f"{lease}-variants-labels.json"
+        variants = {k: v for k, v in variants.items() if k not in ("train_file", "rollouts_file")}  # machine paths
+        path.write_text(json.dumps({"lease": lease, **variants}, indent=2) + "\n")
         written.append(str(path))
     return written
 

@@ -15,7 +15,7 @@ from trainer.pipeline import MANIFEST
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "regime_w_v2.py"
 GPU_ARGS = ["--model", "models/qwen", "--gsm8k", "runs/src/gsm8k", "--platinum", "runs/src/platinum"]
-ARMS = ("correctness", "v2", "v2_modulated", "random_tiebreak", "consensus")
+ARMS = ("correctness", "v2", "v2_modulated", "random_tiebreak", "consensus", "probe_variants")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,7 +40,8 @@ def test_the_smoke_experiment_trains_every_design_records_and_pools_the_seeds(v2
     summary = v2.main(args)
     work = tmp_path / "work"
     per_seed = [f"seed-{s}/{a}" for s in (0, 1) for a in ARMS] + ["seed-0/eval", "seed-1/eval"]
-    assert set(summary["ran"]) == {"data", "sft", "questions", "rollouts", "consensus", "eval-shared", *per_seed}
+    assert set(summary["ran"]) == {"data", "sft", "questions", "rollouts", "consensus", "variants", "eval-shared",
+                                   *per_seed}  # fmt: skip
     assert summary["skipped"] == []
 
     # the arms differ in their reward fields only (and their paths); the consensus arm in its labels too
@@ -50,6 +51,11 @@ def test_the_smoke_experiment_trains_every_design_records_and_pools_the_seeds(v2
     assert differ("random_tiebreak", "correctness") == {"reward", "scorer", "output_dir"}
     assert differ("v2_modulated", "correctness") == {"advantage_modulation", "output_dir"}
     assert differ("consensus", "correctness") == {"train_file", "output_dir"}
+    assert differ("probe_variants", "correctness") == {"variants_file", "output_dir"}
+    variants = json.loads((work / "variants" / "variants.stats.json").read_text())
+    assert variants["questions_with_variants"] == 8 and variants["paraphrases"] == 8 and variants["twins_made"] >= 1
+    trained = json.loads((work / "seed-0" / "probe_variants" / "looper_manifest.json").read_text())["variants"]
+    assert trained["groups"] >= 1  # the dynamic sampler watched every round
     assert config["correctness"]["scale_rewards"] == "batch" and config["correctness"]["loss_type"] == "dapo"
     seed_1 = json.loads((work / "seed-1" / "v2" / MANIFEST).read_text())["config"]
     assert {k for k in seed_1 if seed_1[k] != config["v2"][k]} == {"seed", "output_dir"}
@@ -63,7 +69,8 @@ def test_the_smoke_experiment_trains_every_design_records_and_pools_the_seeds(v2
     lease = lease.replace(":", "").replace("-", "")
     names = sorted(p.name for p in records.iterdir())
     expected = {f"seed-{s}-{a}.json" for s in (0, 1) for a in ARMS}
-    assert set(names) == expected | {f"{lease}-base.json", f"{lease}-sft.json", f"{lease}-consensus-labels.json"}
+    assert set(names) == expected | {f"{lease}-base.json", f"{lease}-sft.json", f"{lease}-consensus-labels.json",
+                                     f"{lease}-variants-labels.json"}  # fmt: skip
     record = json.loads((records / "seed-1-v2.json").read_text())
     assert record["lease"] == lease and record["seed"] == 1 and record["settings"]["scorer"] == "regime_w_v2"
     questions = len((work / "data" / "platinum.jsonl").read_text().splitlines())
@@ -71,6 +78,7 @@ def test_the_smoke_experiment_trains_every_design_records_and_pools_the_seeds(v2
     assert len(platinum["ids"]) == len(platinum["strict"]) == len(platinum["gold"]) == questions
     assert set(platinum["strict"]) <= {"0", "1"} and record["training"]["steps"] == 1
     assert str(tmp_path) not in (records / f"{lease}-consensus-labels.json").read_text()  # no machine paths
+    assert str(tmp_path) not in (records / "seed-0-probe_variants.json").read_text()
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["smoke"] and results["leases"] == [lease] and set(results["arms"]) == set(ARMS)
