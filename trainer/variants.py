@@ -8,10 +8,12 @@ Two kinds per question, both scored by plain correctness when GRPO samples them:
 
 A twin is kept only if the replay is unambiguous and checks out; every other one is dropped and counted by
 reason. The replay reads each number of an annotation as exactly one of: a number of the question (changed
-or kept), the value of an earlier annotation, or a small constant of the kind word problems leave unwritten
-(`half` is 2, an hour 60 minutes). A number that could be two of these, or none, drops the twin. Numbers that
-a number word of the question could also mean ("twice" and a written 2), unit constants (60, 100, ...) and
-numbers with decimals or thousands separators are never changed. A twin must keep every integer step an
+or kept), the value of an earlier annotation, or an unwritten constant the question vouches for: 1, 2 and
+1/2 anywhere, a number word's value ("four dozen": 4 and 12), a unit's (60 only beside minutes or hours, 100
+beside a percent). A number that could be two of these, or none, drops the twin: a value the solution computed
+in its text without an annotation would otherwise stay stale. Numbers that a number word of the question could
+also mean ("twice" and a written 2), unit constants (60, 100, ...), the parts of a written fraction ("2/3")
+and numbers with decimals or thousands separators are never changed. A twin must keep every integer step an
 integer, every step non-negative, and end on a whole answer other than the original.
 
 Which questions get variants is picked by arm agreement: with a scored rollouts file, the questions whose arms
@@ -44,6 +46,7 @@ _NUMBER = re.compile(r"\d*\.\d+|\d+")  # "800*.2" holds 0.2, not 2
 # a number of the question: digits with optional thousands separators and decimals, not inside a longer token
 _QUESTION_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.,])\d+(?:\.\d+)?(?![\w]|[.,]\d)")
 _CLEAN_INTEGER = re.compile(r"\d+")
+_WRITTEN_FRACTION = re.compile(r"(?<![\d.])(\d+)/(\d+)(?![\d.])")  # "2/3 of them": kept (a twin's "2/2" reads badly)
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 # numbers word problems use without writing them: number words, and units (days, hours, percent, ...)
 UNIT_CONSTANTS = frozenset({7, 12, 24, 30, 31, 52, 60, 100, 365, 1000})
@@ -53,7 +56,15 @@ NUMBER_WORDS = {
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "dozen": 12, "once": 1, "one": 1,
 }  # fmt: skip
 _WORD = re.compile(r"[a-z]+")
-SMALL_CONSTANTS = frozenset(Fraction(n) for n in range(0, 13)) | {Fraction(1, 2), Fraction(1, 4), Fraction(3, 4)}
+# the words that let an unwritten unit constant into a replay (a 30 with no month in sight is more likely a value
+# the solution computed in its text, unannotated, which a twin would leave stale)
+UNIT_WORDS = {
+    7: ("week",), 12: ("dozen", "month", "year", "foot", "feet", "inch"), 24: ("day", "hour"), 30: ("month",),
+    31: ("month",), 52: ("week", "year"), 60: ("minute", "hour", "second"), 100: ("%", "percent", "cent", "meter"),
+    365: ("year",), 1000: ("thousand", "kilo", "liter", "litre", "meter", "gram"),
+}  # fmt: skip
+# unwritten everywhere: halves, doubles, pairs, "her parents"
+ALWAYS_ALLOWED = frozenset({Fraction(1), Fraction(2), Fraction(1, 2)})
 
 
 class Unverifiable(ValueError):
@@ -88,7 +99,8 @@ def annotated_steps(solution: str) -> list[Step]:
 
 def question_numbers(question: str) -> tuple[set[Fraction], set[int]]:
     """Every number the question writes, and those of them a twin may change: plain integers (no separators, no
-    decimals), not unit constants, not a value one of the question's number words also means."""
+    decimals, not part of a written fraction), not unit constants, not a value one of the question's number words
+    also means."""
     values, clean = set(), Counter()
     for match in _QUESTION_NUMBER.finditer(question):
         text = match.group(0)
@@ -96,7 +108,8 @@ def question_numbers(question: str) -> tuple[set[Fraction], set[int]]:
         if _CLEAN_INTEGER.fullmatch(text):
             clean[int(text)] += 1
     words = {NUMBER_WORDS[w] for w in _WORD.findall(question.lower()) if w in NUMBER_WORDS}
-    changeable = {n for n in clean if n not in UNIT_CONSTANTS and n not in words and n > 0}
+    in_fraction = {int(n) for m in _WRITTEN_FRACTION.finditer(question) for n in m.groups()}
+    changeable = {n for n in clean if n not in UNIT_CONSTANTS and n not in words and n not in in_fraction and n > 0}
     return values, changeable
 
 
@@ -108,6 +121,10 @@ def plan_replay(question: str, steps: list[Step]) -> list[list[tuple[str, object
     """What each number of each step is: ("input", n) a question number, ("step", i) an earlier step's value,
     ("const", c) a small unwritten constant. Raises Unverifiable where that is ambiguous or unknown."""
     values, _ = question_numbers(question)
+    lowered = question.lower()
+    words = {Fraction(NUMBER_WORDS[w]) for w in _WORD.findall(lowered) if w in NUMBER_WORDS}
+    units = {Fraction(n) for n, names in UNIT_WORDS.items() if any(name in lowered for name in names)}
+    constants = ALWAYS_ALLOWED | words | units
     plan = []
     for i, step in enumerate(steps):
         roles = []
@@ -124,7 +141,7 @@ def plan_replay(question: str, steps: list[Step]) -> list[list[tuple[str, object
                 roles.append(("input", number))
             elif number * 100 in values and number < 1:  # "20%" written, 0.2 computed with
                 roles.append(("percent", number * 100))
-            elif number in SMALL_CONSTANTS or (number.denominator == 1 and int(number) in UNIT_CONSTANTS):
+            elif number in constants:
                 roles.append(("const", number))
             else:
                 raise Unverifiable("unknown_number", f"{number} in <<{step.expr}>>")
