@@ -39,7 +39,8 @@ from reward_service.regime_w import SCORERS
 from shared_schemas.answers import majority_answer
 from shared_schemas.models import ScoreRequest, ScoringWeights, Trajectory
 
-DESIGNS = ("correctness", "regime_w_v1", "regime_w_v2", "random_tiebreak", "modulated_v2", "consensus")
+DESIGNS = ("correctness", "regime_w_v1", "regime_w_v2", "random_tiebreak", "modulated_v2", "consensus",
+           "probe_variants")  # fmt: skip
 ROLES = {arm.name: arm.role for arm in REGIME_W_ARMS}
 
 FIELDS = ("reward", "quality", "coherence")
@@ -177,6 +178,9 @@ def design_values(requests: list[ScoreRequest], weights: ScoringWeights = Scorin
         out["consensus"].append({**g, "correct": correct, "value": values, "correctness": values,
                                  "label_right": label is not None and label == result.reference_answer,
                                  "gold": result.label_source == "gold"})  # fmt: skip
+
+    # B: the correctness reward on every group it scores; it changes which prompts a round asks, not the reward
+    out["probe_variants"] = [dict(g) for g in out["correctness"]]
     return out
 
 
