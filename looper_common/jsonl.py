@@ -36,7 +36,9 @@ def complete_lines(path: Path) -> list[str]:
         log.warning("%s: dropping a torn last line of %d bytes", path, len(data) - end)
         with path.open("r+b") as f:
             f.truncate(end)
-    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+    # split on "\n" alone: str.splitlines also breaks at U+2028 and friends, which model text written with
+    # ensure_ascii=False may hold inside a JSON string
+    return [line for line in data[:end].decode("utf-8").split("\n") if line.strip()]
 
 
 def read_complete_lines(path: Path) -> list[dict]:
@@ -89,9 +91,9 @@ Row = TypeVar("Row")
 
 def read_rows(path: str | Path, parse: Callable[[str], Row] = json.loads, kind: str = "JSON object") -> list[Row]:
     """The rows of a JSONL file an earlier stage wrote, each through `parse` (json.loads, a pydantic model's
-    model_validate_json, ...). A torn last line (no newline after it, and `parse` refuses it) is skipped with a
-    warning; a missing file or any other line that `parse` refuses is a DataError naming the file, the line
-    and what was expected."""
+    model_validate_json, ...). A torn last line (no newline after it, and not even JSON) is skipped with a
+    warning; a missing file or any other line that `parse` refuses (a whole last line of the wrong shape
+    included) is a DataError naming the file, the line and what was expected."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -104,11 +106,19 @@ def read_rows(path: str | Path, parse: Callable[[str], Row] = json.loads, kind: 
         try:
             rows.append(parse(line))
         except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
-            if line_no == last:
+            if line_no == last and not _is_json(line):
                 log.warning("%s: skipping a torn last line of %d bytes (a killed writer)", path, len(line.encode()))
                 continue
             raise DataError(f"{path}, line {line_no}: not a {kind} ({_first_error(exc)})") from None
     return rows
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def _first_error(exc: ValueError) -> str:

@@ -47,6 +47,22 @@ def test_a_later_stage_skips_a_torn_last_line_and_leaves_the_file_alone(tmp_path
         read_rows(path, PreferencePair.model_validate_json, "preference pair")
     with pytest.raises(DataError, match="no such file"):
         read_rows(tmp_path / "missing.jsonl")
+    # a whole last line of the wrong shape is not torn: it is an error, like any other line
+    path.write_text(json.dumps({"prompt": "p"}))
+    with pytest.raises(DataError, match=r"line 1: not a preference pair"):
+        read_rows(path, PreferencePair.model_validate_json, "preference pair")
+
+
+def test_a_resuming_run_reads_back_model_text_with_unicode_line_separators(tmp_path):
+    """Rows are written with ensure_ascii=False: U+2028, U+0085 and U+001C inside a string stay raw in the file,
+    and only a newline ends a row."""
+    from looper_common.jsonl import append_lines, complete_lines, read_complete_lines
+
+    path = tmp_path / "spool.jsonl"
+    rows = [{"text": "a\u2028b\u0085c\x1cd"}, {"text": "e"}]
+    append_lines(path, [json.dumps(r, ensure_ascii=False) for r in rows])
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert len(complete_lines(path)) == 2 and read_complete_lines(path) == rows
 
 
 def test_hub_id_while_offline_says_to_pass_a_local_path(monkeypatch):
