@@ -108,6 +108,10 @@ mkdir -p "$work/secrets"
 chmod 644 "$work/secrets/looper_service_token"  # read by uid 10001 inside
 podman network create looper-it >/dev/null
 
+free_port() {  # a port nothing on 127.0.0.1 listens on now: the test never takes one a user's service holds
+  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 run_service() {  # name image port [args]
   local name=$1 image=$2 port=$3; shift 3
   podman run -d --name "looper-it-$name" --network looper-it --network-alias reward-service --read-only \
@@ -135,10 +139,12 @@ check_service() {  # name port scorer-kind
 }
 
 step "run the service and the stub"
-run_service service "looper-service:$tag" 18080
-run_service stub "looper-stub:$tag" 18081
-check_service service 18080 regime
-check_service stub 18081 stub
+service_port=$(free_port)
+run_service service "looper-service:$tag" "$service_port"
+stub_port=$(free_port)
+run_service stub "looper-stub:$tag" "$stub_port"
+check_service service "$service_port" regime
+check_service stub "$stub_port" stub
 # the stub image is built from the public files alone
 stub_files=$(podman run --rm --entrypoint sh "looper-stub:$tag" -c 'cd /app/reward_service && ls')
 [ "$(echo $stub_files)" = "__init__.py app.py scorer.py settings.py stub.py workers.py" ] \
@@ -158,6 +164,7 @@ podman rm -f -t 2 looper-it-service >/dev/null
 step "compose: the private and the stub profile in turn"
 mkdir -p "$work/compose/secrets" "$work/compose/docker"
 cp docker-compose.yml .env "$work/compose/"
+sed -i "s/^LOOPER_SERVICE_PORT=.*/LOOPER_SERVICE_PORT=$(free_port)/" "$work/compose/.env"
 cp "$work/secrets/looper_service_token" "$work/compose/secrets/"
 for profile in private stub; do
   service=reward-service; [ "$profile" = stub ] && service=reward-service-stub
