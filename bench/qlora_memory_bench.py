@@ -46,29 +46,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-LLAMA3_8B = {"hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "intermediate": 14336, "vocab": 128256}
-TINY = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": 1024}
+from looper_common.random_init import SHAPES, llama_config
+
+LLAMA3_8B, TINY = SHAPES["llama-3-8b"], SHAPES["tiny-llama"]
 
 
 # --- the model ---------------------------------------------------------------------------------------------
-
-
-def llama_config(shape: dict, max_positions: int, dtype):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=shape["hidden"],
-        num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"],
-        num_key_value_heads=shape["kv_heads"],
-        intermediate_size=shape["intermediate"],
-        vocab_size=shape["vocab"],
-        max_position_embeddings=max_positions,
-        rope_theta=500_000.0,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        dtype=dtype,
-    )
 
 
 def build_qlora_model(config, device, dtype, seed: int = 0):

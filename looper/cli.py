@@ -251,6 +251,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    if args.random_init:
+        from looper_common.random_init import random_init
+
+        if not args.tokenizer:
+            raise SystemExit("looper convert: --random-init needs --tokenizer DIR (a real tokenizer to grow)")
+        out = random_init(args.random_init, args.tokenizer, args.output_dir, args.dtype, args.seed, args.vocab)
+        print(f"random-weight model saved to {out} ({json.loads((out / 'random_init.json').read_text())})")
+        return
     from looper_common.modeling import convert_to_dir
 
     print(f"model saved to {convert_to_dir(args.model, args.output_dir, args.dtype)}")
@@ -472,8 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_args(pipeline)
     pipeline.set_defaults(func=cmd_pipeline)
 
-    convert = sub.add_parser("convert", help="save any model source (e.g. a .gguf file) as a safetensors dir")
-    convert.add_argument("--model", required=True, help="model source: a .gguf file, a safetensors dir or a hub id")
+    convert = sub.add_parser(
+        "convert", help="save any model source (e.g. a .gguf file), or a random-weight model of a shape, as a dir"
+    )
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model source: a .gguf file, a safetensors dir or a hub id")
+    source.add_argument(
+        "--random-init",
+        metavar="SHAPE_OR_CONFIG",
+        help="random weights of a shape (llama-3-8b, tiny-llama) or a config.json, built here (on the GPU if any)",
+    )
+    convert.add_argument("--tokenizer", help="with --random-init: a tokenizer dir, grown to the vocabulary")
+    convert.add_argument("--vocab", type=int, help="with --random-init: another vocabulary size (shape no longer exact)")
+    convert.add_argument("--seed", type=int, default=0, help="with --random-init: the weights' seed")
     convert.add_argument("--output-dir", required=True, help="folder to save the model in")
     convert.add_argument(
         "--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="weights dtype"
