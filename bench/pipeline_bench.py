@@ -108,7 +108,7 @@ def figures_from(result: dict, command: str) -> list[dict]:
             "name": f"{result['preset'].replace('-', '_')}_pipeline_wall_s",
             "value": result["wall_s"] or result["units_s_sum"],  # summarized: the units' own seconds
             "unit": "s",
-            "baseline": {"what": "one device lease", "value": 1800},
+            "baseline": {"what": "a 30-minute GPU slot", "value": 1800},
             "setting": {"units_s_sum": result["units_s_sum"]},
             **shared,
         })  # fmt: skip
