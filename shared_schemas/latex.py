@@ -59,7 +59,9 @@ _SPACING = re.compile(r"\\[,;:! %$]")
 _LITERAL = re.compile(r"\d+(?:\.\d+)?")
 _FACTORIAL = re.compile(r"(?P<arg>\d+)?\s*!")
 _BINOMIAL = re.compile(r"\\[dt]?binom\s*\{\s*(?P<n>\d+)\s*\}\s*\{\s*(?P<k>\d+)\s*\}")
-_EXPONENT = re.compile(r"\^\s*(?:\{\s*(?P<braced>-?\s*\d+)\s*\}|(?P<bare>\d))")
+# a bare exponent is every digit after the caret: the evaluator reads `2^10` as 1024 and `3^86011850` as that
+# power, not LaTeX's 3^8 followed by 6011850
+_EXPONENT = re.compile(r"\^\s*(?:\{\s*(?P<braced>-?\s*\d+)\s*\}|(?P<bare>\d+))")
 _ROOT_INDEX = re.compile(r"\\sqrt\s*\[\s*(?P<index>\d+)\s*\]")
 
 
