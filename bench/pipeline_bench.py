@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import shlex
 import statistics
@@ -30,18 +29,8 @@ from pathlib import Path
 
 from looper_common.jsonl import read_rows, write_json
 
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import gpu_name, record_figures, version  # noqa: E402
 
 
 def grpo_rounds(work: Path) -> dict | None:
@@ -138,13 +127,6 @@ def figures_from(result: dict, command: str) -> list[dict]:
             }
         )
     return figures
-
-
-def record_figures(path: Path, entries: list[dict]) -> None:
-    """Replace these entries (by name) in the figures file, keeping every other one."""
-    figures = json.loads(path.read_text()) if path.exists() else []
-    names = {e["name"] for e in entries}
-    write_json(path, sorted([f for f in figures if f["name"] not in names] + entries, key=lambda f: f["name"]))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import shlex
 import sys
@@ -35,6 +34,9 @@ from rich.table import Table
 from looper_common.jsonl import read_complete_lines, write_json
 from looper_common.local_service import local_service
 from rollout_worker.worker import RolloutConfig, run_rollouts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import gpu_name, record_figures, version  # noqa: E402
 
 
 def generation_span(metrics: list[dict]) -> float:
@@ -68,19 +70,6 @@ def run_one(args, k: int, workdir: Path, url: str, token_file: Path) -> dict:
     }
 
 
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def figures_from(rows: list[dict], command: str) -> list[dict]:
     one = next(r for r in rows if r["engines"] == 1)
     best = max(rows, key=lambda r: r["generation_tok_s"])
@@ -98,14 +87,6 @@ def figures_from(rows: list[dict], command: str) -> list[dict]:
         {"name": "rollouts_tok_s", "value": best["generation_tok_s"], "unit": "completion tokens/s", **shared},
         {"name": "rollouts_vs_single_engine", "value": ratio, "unit": "x", **shared},
     ]
-
-
-def record_figures(path: Path, entries: list[dict]) -> None:
-    """Replace these entries (by name) in the figures file, keeping every other one."""
-    figures = json.loads(path.read_text()) if path.exists() else []
-    names = {e["name"] for e in entries}
-    figures = [f for f in figures if f["name"] not in names] + entries
-    write_json(path, sorted(figures, key=lambda f: f["name"]))
 
 
 def main(argv: list[str] | None = None) -> dict:

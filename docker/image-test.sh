@@ -109,7 +109,7 @@ chmod 644 "$work/secrets/looper_service_token"  # read by uid 10001 inside
 podman network create looper-it >/dev/null
 
 free_port() {  # a port nothing on 127.0.0.1 listens on now: the test never takes one a user's service holds
-  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$python" -c 'from looper_common.local_service import free_port; print(free_port())'
 }
 
 run_service() {  # name image port [args]

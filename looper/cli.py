@@ -257,7 +257,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         if not args.tokenizer:
             raise SystemExit("looper convert: --random-init needs --tokenizer DIR (a real tokenizer to grow)")
         out = random_init(args.random_init, args.tokenizer, args.output_dir, args.dtype, args.seed, args.vocab)
-        print(f"random-weight model saved to {out} ({json.loads((out / 'random_init.json').read_text())})")
+        print(f"random-weight model saved to {out} (how it was made: {out / 'random_init.json'})")
         return
     from looper_common.modeling import convert_to_dir
 

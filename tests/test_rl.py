@@ -209,26 +209,30 @@ def test_each_rank_gets_the_rewards_of_its_own_completions(stub_service, tmp_pat
     assert ranks[1]["rewards"] == [w.incorrect_base, w.correct_base]
 
 
+def sampled_answers(model_dir, rows: list[dict], n: int, temperature: float):
+    """Each row with the answers (None: none given) of n samples of the model at this temperature, seeded."""
+    from looper_common.modeling import load_tokenizer
+    from shared_schemas.answers import extract_answer
+    from shared_schemas.prompts import build_prompt
+
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir)).eval()
+    torch.manual_seed(0)
+    for row in rows:
+        ids = tokenizer(build_prompt(row["question"], tokenizer), return_tensors="pt").input_ids.repeat(n, 1)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
+                                 max_new_tokens=48, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        yield row, [extract_answer(tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True)) for o in out]
+
+
 @pytest.fixture(scope="module")
 def mixed_prompts_file(format_model, tmp_path_factory) -> Path:
     """Questions whose gold is the answer the model itself samples most often at temperature 0.5 (twice or more
     of 8): groups of right and wrong answers, the only groups a correctness reward (and its modulation) gives a
     signal in."""
-    from collections import Counter
-
-    from looper_common.modeling import load_tokenizer
-    from shared_schemas.answers import extract_answer
-    from shared_schemas.prompts import build_prompt
-
-    tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
-    torch.manual_seed(0)
     rows = []
-    for row in generated_records(24, seed=32):
-        ids = tokenizer(build_prompt(row["question"], tokenizer), return_tensors="pt").input_ids.repeat(8, 1)
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.5,
-                                 max_new_tokens=48, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-        answers = Counter(extract_answer(tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True)) for o in out)
+    for row, sampled in sampled_answers(format_model, generated_records(24, seed=32), 8, 0.5):
+        answers = Counter(sampled)
         answers.pop(None, None)
         if answers and answers.most_common(1)[0][1] >= 2:
             rows.append({**row, "answer": f"#### {answers.most_common(1)[0][0]}"})
@@ -292,19 +296,9 @@ def test_a_run_against_another_scorer_stops_before_training(format_model, prompt
 def settled_prompts_file(format_model, tmp_path_factory) -> Path:
     """Questions whose gold is the answer the model gives every time at temperature 0.05: groups it gets all right,
     which carry no signal and whose variants design B samples instead."""
-    from looper_common.modeling import load_tokenizer
-    from shared_schemas.answers import extract_answer
-    from shared_schemas.prompts import build_prompt
-
-    tokenizer, model = load_tokenizer(str(format_model)), load_model(str(format_model)).eval()
-    torch.manual_seed(0)
     rows = []
-    for row in generated_records(16, seed=33):
-        ids = tokenizer(build_prompt(row["question"], tokenizer), return_tensors="pt").input_ids.repeat(4, 1)
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.05,
-                                 max_new_tokens=48, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-        answers = {extract_answer(tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True)) for o in out}
+    for row, sampled in sampled_answers(format_model, generated_records(16, seed=33), 4, 0.05):
+        answers = set(sampled)
         if len(answers) == 1 and None not in answers:
             rows.append({**row, "gold_solution": row["answer"], "answer": f"#### {answers.pop()}"})
     assert len(rows) >= 4, "too few questions the model answers the same way every time"

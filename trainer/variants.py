@@ -35,17 +35,15 @@ from fractions import Fraction
 from pathlib import Path
 
 from looper_common.config import help_text
-from looper_common.jsonl import write_json
+from looper_common.jsonl import DataError, read_jsonl, write_json, write_jsonl
 from shared_schemas.answers import majority_answer, parse_gold
 from shared_schemas.prompts import paraphrase
-from trainer.data import DataError, read_jsonl, write_jsonl
 from trainer.problems import safe_eval
 
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>=]*)>>")
 _NUMBER = re.compile(r"\d*\.\d+|\d+")  # "800*.2" holds 0.2, not 2
 # a number of the question: digits with optional thousands separators and decimals, not inside a longer token
 _QUESTION_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.,])\d+(?:\.\d+)?(?![\w]|[.,]\d)")
-_CLEAN_INTEGER = re.compile(r"\d+")
 _WRITTEN_FRACTION = re.compile(r"(?<![\d.])(\d+)/(\d+)(?![\d.])")  # "2/3 of them": kept (a twin's "2/2" reads badly)
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 # numbers word problems use without writing them: number words, and units (days, hours, percent, ...)
@@ -97,49 +95,54 @@ def annotated_steps(solution: str) -> list[Step]:
     return steps
 
 
-def question_numbers(question: str) -> tuple[set[Fraction], set[int]]:
-    """Every number the question writes, and those of them a twin may change: plain integers (no separators, no
-    decimals, not part of a written fraction), not unit constants, not a value one of the question's number words
-    also means."""
-    values, clean = set(), Counter()
+@dataclass(frozen=True)
+class QuestionNumbers:
+    values: set[Fraction]  # every number the question writes
+    written: Counter  # its plain integers (no separators, no decimals), with how often each is written
+    words: set[int]  # the values its number words mean ("twice": 2)
+    changeable: set[int]  # those a twin may change
+
+
+def question_numbers(question: str) -> QuestionNumbers:
+    """The question's numbers. A twin may change plain integers that are not part of a written fraction, not unit
+    constants and not a value one of the question's number words also means."""
+    values, written = set(), Counter()
     for match in _QUESTION_NUMBER.finditer(question):
         text = match.group(0)
         values.add(Fraction(text.replace(",", "")))
-        if _CLEAN_INTEGER.fullmatch(text):
-            clean[int(text)] += 1
+        if text.isdigit():
+            written[int(text)] += 1
     words = {NUMBER_WORDS[w] for w in _WORD.findall(question.lower()) if w in NUMBER_WORDS}
     in_fraction = {int(n) for m in _WRITTEN_FRACTION.finditer(question) for n in m.groups()}
-    changeable = {n for n in clean if n not in UNIT_CONSTANTS and n not in words and n not in in_fraction and n > 0}
-    return values, changeable
+    fixed = UNIT_CONSTANTS | words | in_fraction
+    changeable = {n for n in written if n not in fixed and n > 0}
+    return QuestionNumbers(values, written, words, changeable)
 
 
 def _tokens(expr: str) -> list[tuple[int, int, Fraction]]:
     return [(m.start(), m.end(), Fraction(m.group(0))) for m in _NUMBER.finditer(expr)]
 
 
-def plan_replay(question: str, steps: list[Step]) -> list[list[tuple[str, object]]]:
-    """What each number of each step is: ("input", n) a question number, ("step", i) an earlier step's value,
-    ("const", c) a small unwritten constant. Raises Unverifiable where that is ambiguous or unknown."""
-    values, _ = question_numbers(question)
+def plan_replay(question: str, numbers: QuestionNumbers, steps: list[Step]) -> list[list[tuple[str, object]]]:
+    """What each number of each step is: ("input", n) a question number, ("percent", n) a written n% as its
+    fraction, ("step", i) an earlier step's value, ("const", c) an unwritten constant the question vouches for.
+    Raises Unverifiable where that is ambiguous or unknown."""
     lowered = question.lower()
-    words = {Fraction(NUMBER_WORDS[w]) for w in _WORD.findall(lowered) if w in NUMBER_WORDS}
     units = {Fraction(n) for n, names in UNIT_WORDS.items() if any(name in lowered for name in names)}
-    constants = ALWAYS_ALLOWED | words | units
+    constants = ALWAYS_ALLOWED | {Fraction(w) for w in numbers.words} | units
     plan = []
     for i, step in enumerate(steps):
         roles = []
         for _, _, number in _tokens(step.expr):
             earlier = [j for j in range(i) if steps[j].value == number]
-            in_question = number in values
+            in_question = number in numbers.values
             if earlier and in_question:
                 raise Unverifiable("ambiguous_number", f"{number} is both in the question and step {earlier[-1] + 1}")
             if earlier:
-                if len({steps[j].value for j in earlier}) > 1:
-                    raise Unverifiable("ambiguous_number", str(number))
                 roles.append(("step", earlier[-1]))
             elif in_question:
                 roles.append(("input", number))
-            elif number * 100 in values and number < 1:  # "20%" written, 0.2 computed with
+            elif number * 100 in numbers.values and number < 1:  # "20%" written, 0.2 computed with
                 roles.append(("percent", number * 100))
             elif number in constants:
                 roles.append(("const", number))
@@ -190,48 +193,68 @@ def _new_value(n: int, rng: random.Random) -> int:
     return rng.choice(candidates)
 
 
+@dataclass(frozen=True)
+class TwinRecipe:
+    """A question's replay, worked out once: its steps, what each number of them is, and the numbers to change.
+    `draw(seed)` makes one twin from it."""
+
+    question: str
+    steps: list[Step]
+    plan: list
+    inputs: list[int]
+
+    @classmethod
+    def of(cls, question: str, solution: str) -> TwinRecipe:
+        """Raises Unverifiable (with the reason) when no twin of this question can be replayed with certainty."""
+        final = _FINAL.search(solution.strip())
+        if final is None:
+            raise Unverifiable("no_final_answer")
+        steps = annotated_steps(solution)
+        if Fraction(final.group(1).replace(",", "")) != steps[-1].value:
+            raise Unverifiable("final_not_last_step")  # the answer comes from text the annotations do not replay
+        numbers = question_numbers(question)
+        plan = plan_replay(question, numbers, steps)
+        uses = Counter(int(what) for roles in plan for role, what in roles if role in ("input", "percent")
+                       and what.denominator == 1)  # fmt: skip
+        # a small number used more often than the question writes it may also be an unwritten one ("2 parents"
+        # beside "2 suitcases"): it stays as it is
+        inputs = sorted(n for n in numbers.changeable & set(uses) if n > 12 or uses[n] <= numbers.written[n])
+        if not inputs:
+            raise Unverifiable("nothing_to_change")
+        kept = {n for n in numbers.written if n not in inputs}
+        if any(a + b in kept or a * b in kept for a in inputs for b in inputs):
+            # "after 15 minutes ... the remaining 15 minutes ... the 30 minutes": a relation between numbers that
+            # no annotation states, which new numbers would break
+            raise Unverifiable("related_numbers")
+        return cls(question, steps, plan, inputs)
+
+    def draw(self, seed: int, tries: int = 50) -> tuple[str, str, int]:
+        """(twin question, its replayed solution ending in `#### N`, N). Raises Unverifiable with the reason."""
+        rng = random.Random(f"{self.question}/{seed}")
+        for _ in range(tries):
+            new_inputs = {n: _new_value(n, rng) for n in self.inputs}
+            try:
+                replayed = replay(self.steps, self.plan, new_inputs)
+            except (Unverifiable, ZeroDivisionError):
+                continue
+            values = [v for _, v in replayed]
+            if any(v < 0 for v in values) or any(
+                old.value.denominator == 1 and v.denominator != 1 for old, v in zip(self.steps, values, strict=True)
+            ):
+                continue
+            answer = values[-1]
+            if answer.denominator != 1 or answer == self.steps[-1].value:
+                continue
+            twin = _QUESTION_NUMBER.sub(lambda m, new=new_inputs: _renumber(m.group(0), new), self.question)
+            texts = [(expr, _fraction_text(v)) for expr, v in replayed]
+            lines = [f"{expr} = <<{expr}={text}>>{text}" for expr, text in texts]
+            return twin, "\n".join([*lines, f"#### {answer.numerator}"]), answer.numerator
+        raise Unverifiable("no_valid_numbers", f"{tries} draws")
+
+
 def counterfactual_twin(question: str, solution: str, seed: int, tries: int = 50) -> tuple[str, str, int]:
     """(twin question, its replayed solution ending in `#### N`, N). Raises Unverifiable with the reason."""
-    final = _FINAL.search(solution.strip())
-    if final is None:
-        raise Unverifiable("no_final_answer")
-    steps = annotated_steps(solution)
-    if Fraction(final.group(1).replace(",", "")) != steps[-1].value:
-        raise Unverifiable("final_not_last_step")  # the answer comes from text the annotations do not replay
-    plan = plan_replay(question, steps)
-    _, changeable = question_numbers(question)
-    uses = Counter(int(what) for roles in plan for role, what in roles if role in ("input", "percent")
-                   and what.denominator == 1)  # fmt: skip
-    written = Counter(int(m.group(0)) for m in _QUESTION_NUMBER.finditer(question) if m.group(0).isdigit())
-    # a small number used more often than the question writes it may also be an unwritten one ("2 parents"
-    # beside "2 suitcases"): it stays as it is
-    inputs = sorted(n for n in changeable & set(uses) if n > 12 or uses[n] <= written[n])
-    if not inputs:
-        raise Unverifiable("nothing_to_change")
-    kept = {n for n in written if n not in inputs}
-    if any(a + b in kept or a * b in kept for a in inputs for b in inputs):
-        # "after 15 minutes ... the remaining 15 minutes ... the 30 minutes": a relation between numbers that no
-        # annotation states, which new numbers would break
-        raise Unverifiable("related_numbers")
-    rng = random.Random(f"{question}/{seed}")
-    for _ in range(tries):
-        new_inputs = {n: _new_value(n, rng) for n in inputs}
-        try:
-            replayed = replay(steps, plan, new_inputs)
-        except (Unverifiable, ZeroDivisionError):
-            continue
-        values = [v for _, v in replayed]
-        if any(v < 0 for v in values) or any(
-            old.value.denominator == 1 and v.denominator != 1 for old, v in zip(steps, values, strict=True)
-        ):
-            continue
-        answer = values[-1]
-        if answer.denominator != 1 or answer == steps[-1].value:
-            continue
-        twin = _QUESTION_NUMBER.sub(lambda m, new=new_inputs: _renumber(m.group(0), new), question)
-        lines = [f"{expr} = <<{expr}={_fraction_text(v)}>>{_fraction_text(v)}" for expr, v in replayed]
-        return twin, "\n".join([*lines, f"#### {answer.numerator}"]), answer.numerator
-    raise Unverifiable("no_valid_numbers", f"{tries} draws")
+    return TwinRecipe.of(question, solution).draw(seed, tries)
 
 
 def _renumber(text: str, new_inputs: dict[int, int]) -> str:
@@ -254,9 +277,14 @@ def question_variants(record: dict, twins: int, drops: Counter) -> list[dict]:
     rows = [{"id": f"{record['id']}~para", "source_id": record["id"], "kind": "paraphrase",
              "question": paraphrase(record["question"]), "answer": f"#### {gold}"}] if gold is not None else []  # fmt: skip
     seen = {record["question"]}
+    try:
+        recipe = TwinRecipe.of(record["question"], record["answer"])
+    except Unverifiable as exc:  # every try would fail the same way: counted as that many drops
+        drops[exc.reason] += twins
+        return rows
     for k in range(twins):
         try:
-            question, solution, _ = counterfactual_twin(record["question"], record["answer"], seed=k)
+            question, solution, _ = recipe.draw(seed=k)
         except Unverifiable as exc:
             drops[exc.reason] += 1
             continue

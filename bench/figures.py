@@ -1,0 +1,30 @@
+"""`bench/figures.json`, the headline GPU figures: what every bench that records one stamps on it and how an entry
+is replaced. The benches import this beside themselves (`sys.path` holds their folder when run as scripts)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+from looper_common.jsonl import write_json
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def record_figures(path: Path, entries: list[dict]) -> None:
+    """Replace these entries (by name) in the figures file, keeping every other one."""
+    figures = json.loads(path.read_text()) if path.exists() else []
+    names = {e["name"] for e in entries}
+    write_json(path, sorted([f for f in figures if f["name"] not in names] + entries, key=lambda f: f["name"]))
