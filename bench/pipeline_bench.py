@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,42 @@ def grpo_rounds(work: Path) -> dict | None:
         "first_round_s": round(generating[0], 2),
         "generating_step_median_s": round(statistics.median(generating[1:]), 3),
         "optimizer_step_median_s": round(statistics.median(optimizer_only), 3),
+    }
+
+
+def lora_baseline(work: Path, eval_set: str = "platinum", model: str = "sft") -> dict | None:
+    """The same-run baseline for serving an adapter merged: `model`'s Platinum eval unit again, with every
+    setting the same but `merge_lora` off (the adapter through vLLM's LoRA kernels), timed the same way (a
+    fresh process: engine start, answers, scoring). None where the pipeline did not merge."""
+    from looper_common.isolation import run_isolated
+    from trainer.evaluate import EvalConfig
+    from trainer.pipeline import run_eval_stage
+
+    manifest_file = work / "eval" / eval_set / model / "stage_manifest.json"
+    if not manifest_file.is_file():
+        return None
+    manifest = json.loads(manifest_file.read_text())
+    if not manifest["config"].get("merge_lora"):
+        return None
+    out = work / "eval-lora" / eval_set / model
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    run_isolated(run_eval_stage, EvalConfig(**{**manifest["config"], "merge_lora": False, "output_dir": str(out)}))
+    lora_s = round(time.perf_counter() - started, 2)
+    merged_rows = list(read_rows(manifest_file.parent / "predictions.jsonl", kind="predictions"))
+    lora_rows = list(read_rows(out / "predictions.jsonl", kind="predictions"))
+    merged, lora = (json.loads((d / "summary.json").read_text()) for d in (manifest_file.parent, out))
+    return {
+        "eval_set": eval_set,
+        "model": model,
+        "merged_s": manifest["seconds"],
+        "lora_s": lora_s,
+        "merged_tokens_per_second": merged["tokens_per_second"],
+        "lora_tokens_per_second": lora["tokens_per_second"],
+        "merged_correct_strict": merged["correct_strict"],
+        "lora_correct_strict": lora["correct_strict"],
+        "same_outputs": sum(a["output"] == b["output"] for a, b in zip(merged_rows, lora_rows, strict=True)),
+        "questions": len(merged_rows),
     }
 
 
@@ -101,15 +138,31 @@ def figures_from(result: dict, command: str) -> list[dict]:
             "setting": {"units_s_sum": result["units_s_sum"]},
             **shared,
         })  # fmt: skip
+    lora = result.get("lora_baseline")
     if units.get("eval:platinum:base"):
         sft = units.get("eval:platinum:sft")
+        served = "merged into its base" if lora else "through LoRA"
         figures.append(
             {
                 "name": "platinum_eval_wall_s",
                 "value": units["eval:platinum:base"],
                 "unit": "s",
-                "baseline": {"what": "the SFT adapter's Platinum eval in the same run (LoRA)", "value": sft},
+                "baseline": {"what": f"the SFT adapter's Platinum eval in the same run ({served})", "value": sft},
                 "setting": {"questions": result["evals"].get("platinum:base", {}).get("questions"), "greedy": True},
+                **shared,
+            }
+        )
+    if lora:
+        figures.append(
+            {
+                "name": "merged_lora_eval_speedup",
+                "value": round(lora["lora_s"] / lora["merged_s"], 2),
+                "unit": "x",
+                "baseline": {
+                    "what": "the same eval served through vLLM's LoRA kernels, same run",
+                    "value": lora["lora_s"],
+                },
+                "setting": lora,
                 **shared,
             }
         )
@@ -121,8 +174,10 @@ def figures_from(result: dict, command: str) -> list[dict]:
                 "value": grpo["generating_step_median_s"],
                 "unit": "s",
                 "baseline": {"what": "an optimizer-only GRPO step, same run", "value": grpo["optimizer_step_median_s"]},
-                "setting": {k: grpo[k] for k in ("prompts_per_round", "num_generations", "max_completion_length",
-                                                 "use_vllm", "rounds")},  # fmt: skip
+                "setting": {
+                    k: grpo[k]
+                    for k in ("prompts_per_round", "num_generations", "max_completion_length", "use_vllm", "rounds")
+                },  # fmt: skip
                 **shared,
             }
         )
@@ -142,6 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vllm", help="with --summarize, for a run made on another machine: its vLLM version")
     parser.add_argument("--out", default="bench/results/pipeline_bench.json")
     parser.add_argument("--figures", help="record the headline figures in this file (e.g. bench/figures.json)")
+    parser.add_argument(
+        "--lora-baseline",
+        action="store_true",
+        help="after the run, evaluate the SFT adapter again through LoRA kernels (the baseline for merge_lora)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     command = "python " + shlex.join(["bench/pipeline_bench.py", *(argv if argv is not None else sys.argv[1:])])
@@ -171,6 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.summarize and ran_with.is_file():
         result.update({k: v for k, v in json.loads(ran_with.read_text())["versions"].items() if k in ("torch", "trl")})
     result["units_s_sum"] = round(sum(v for v in result["units_s"].values() if v), 1)
+    baseline_file = work / "lora_baseline.json"
+    if args.lora_baseline and not args.summarize:
+        write_json(baseline_file, lora_baseline(work))
+    if baseline_file.is_file():
+        result["lora_baseline"] = json.loads(baseline_file.read_text())
     write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("finished", "wall_s", "units_s_sum", "units_s", "grpo")}, indent=2))
     for name, e in result["evals"].items():

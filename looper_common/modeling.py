@@ -148,14 +148,19 @@ def load_model(
     return model
 
 
-def convert_to_dir(spec: str, output_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Save any loadable model (e.g. a GGUF file, dequantised) as a plain safetensors model dir."""
+def convert_to_dir(spec: str, output_dir: str | Path, dtype: str = "bfloat16", base: str | None = None) -> Path:
+    """Save any loadable model (e.g. a GGUF file, dequantised) as a plain safetensors model dir.
+
+    A LoRA adapter is folded into its base in fp32 and only then cast, so the saved weights round once (as
+    TRL does before it loads LoRA weights into vLLM)."""
     import torch
 
     out = Path(output_dir)
-    model = load_model(spec, dtype=getattr(torch, dtype))
+    target = getattr(torch, dtype)
+    adapter = resolve_source(spec, base).kind == "adapter"
+    model = load_model(spec, base=base, dtype=torch.float32 if adapter else target)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(spec).save_pretrained(out)
+    model.to(target).save_pretrained(out, safe_serialization=True)
+    load_tokenizer(spec, base).save_pretrained(out)
     return out

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import random
+import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +277,10 @@ class VLLMEngine:
     `max_lora_rank`, LoRA is enabled for adapters up to that rank over the loaded model, and
     `for_model(adapter)` returns an engine sharing this one's `LLM` that generates through that adapter
     (`for_model(base)`: through none), so several models over one base need one vLLM start-up.
+
+    With `merge_lora`, an adapter is instead folded into its base (a full checkpoint in a temporary dir,
+    deleted once vLLM has loaded it) and served without LoRA kernels: one model per engine, but no per-token
+    LoRA work, which costs a small model more than the folding does.
     """
 
     name = "vllm"
@@ -291,6 +297,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         max_lora_rank: int | None = None,
+        merge_lora: bool = False,
     ):
         if data_parallel_size > 1:
             # vLLM's LLM.__init__ raises for this itself (read in 0.26 and 0.32: "LLM(data_parallel_size=N) is not supported
@@ -317,6 +324,12 @@ class VLLMEngine:
         }
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if merge_lora and max_lora_rank:
+            raise ValueError("merge_lora serves one merged model per engine: it cannot also take LoRA adapters")
+        merged = None
+        if merge_lora and source.kind == "adapter":
+            merged = merged_checkpoint(source.path, source.base, dtype)
+            source = resolve_source(merged.name)
         rank = max_lora_rank or 0
         if source.kind == "adapter":
             rank = max(rank, adapter_rank(source.path))
@@ -340,6 +353,8 @@ class VLLMEngine:
         self.llm = LLM(model=target, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = stop_token_ids(self.tokenizer)
+        if merged is not None:  # loaded: the weights live in the engine now, the checkpoint only takes disk
+            merged.cleanup()
 
     def _lora_request(self, path: str):
         from vllm.lora.request import LoRARequest
@@ -383,12 +398,29 @@ class VLLMEngine:
                 seed=r.seed,
                 max_tokens=r.max_new_tokens,
                 stop_token_ids=self.stop_ids,
+                # no text while decoding: each answer is decoded once at the end, as the HF engine does
+                detokenize=False,
             )
             for r in requests
         ]
         prompts = vllm_token_prompts([r.prompt for r in requests], self.tokenizer)
         outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
-        return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
+        results = []
+        for o in outputs:
+            ids = list(o.outputs[0].token_ids)
+            results.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
+        return results
+
+
+def merged_checkpoint(adapter: str, base: str, dtype: str) -> tempfile.TemporaryDirectory:
+    """`adapter` folded into `base` as a full checkpoint in a new temporary dir, in `dtype` (auto: bf16)."""
+    from looper_common.modeling import convert_to_dir
+
+    folder = tempfile.TemporaryDirectory(prefix="looper-merged-")
+    started = time.perf_counter()
+    convert_to_dir(adapter, folder.name, "bfloat16" if dtype == "auto" else dtype, base=base)
+    log.info("merged %s into %s for serving in %.1f s", adapter, base, time.perf_counter() - started)
+    return folder
 
 
 def vllm_token_prompts(prompts: list[str], tokenizer) -> list[dict]:
@@ -432,4 +464,5 @@ VLLM_OPTIONS = {
     "max_model_len",
     "enforce_eager",
     "max_lora_rank",
+    "merge_lora",
 }

@@ -63,6 +63,12 @@ class RolloutConfig:
         default="auto", metadata={"help": "auto: bf16 on GPUs, fp32 on CPU"}
     )
     enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no CUDA graphs (needed on CPU builds)"})
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "vLLM: serve a LoRA adapter folded into its base, without LoRA kernels (see bench/README.md)"
+        },
+    )
     max_batch_size: int = field(default=64, metadata={"help": "HF engine: rows per generate call"})
     static_cache: bool = field(
         default=False, metadata={"help": "HF engine: static KV cache and bucketed batch shapes (where no vLLM)"}

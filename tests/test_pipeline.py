@@ -163,14 +163,16 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("pipeline_bench", Path(__file__).parents[1] / "bench" / "pipeline_bench.py")
+    spec = importlib.util.spec_from_file_location(
+        "pipeline_bench", Path(__file__).parents[1] / "bench" / "pipeline_bench.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     work = tmp_path / "pipe"
     values = tiny_values(format_model, work)
     values["rl"] = {**values["rl"], "max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 2,
                     "num_generations": 4}  # fmt: skip
-    values["eval"] = {**values["eval"], "max_questions": 2}
+    values["eval"] = {**values["eval"], "max_questions": 2, "merge_lora": True}
     run_pipeline(build_config(values=values))
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
@@ -182,3 +184,12 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     assert grpo["rounds"] == 2 and grpo["prompts_per_round"] == 1 and grpo["use_vllm"] is False
     names = [f["name"] for f in json.loads(figures.read_text())]
     assert names == ["demo_pipeline_wall_s", "grpo_round_s", "kept"]  # no Platinum eval in this run: no such figure
+
+    # merge_lora's baseline: the SFT eval unit again with only merge_lora off, into a folder of its own (the HF
+    # engine always generates from merged weights, so here the answers must be the same)
+    baseline = bench.lora_baseline(work, "generated_eval", "sft")
+    assert baseline["questions"] == 2 and baseline["same_outputs"] == 2 and baseline["lora_s"] > 0
+    assert baseline["merged_correct_strict"] == baseline["lora_correct_strict"]
+    settings = json.loads((work / "eval-lora" / "generated_eval" / "sft" / "eval_settings.json").read_text())
+    assert settings["merge_lora"] is False and settings["model"] == str(work / "sft")
+    assert bench.lora_baseline(work, "generated_eval", "nope") is None

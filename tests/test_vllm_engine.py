@@ -112,9 +112,9 @@ def test_eval_on_vllm_leaves_torch_determinism_to_vllm(base_eval):
     assert len(rows) == 3 and all(p["output"] and p["completion_tokens"] > 0 for p in rows)
 
 
-def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, eval_questions, tmp_path):
-    """`looper eval --model base=B --model lora=A`: one engine with LoRA on, the base through no LoRA request
-    (its answers are those of the single-model eval) and the adapter through its own."""
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory) -> Path:
+    """A LoRA adapter over SmolLM2 that changes its answers (B drawn, not zero)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -126,20 +126,49 @@ def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, eval_q
         for name, param in lora.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.05)
-    adapter = tmp_path / "adapter"
+    adapter = tmp_path_factory.mktemp("lora") / "adapter"
     lora.save_pretrained(adapter)
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == SMOLLM2
+    return adapter
 
-    out = tmp_path / "many"
-    looper_eval(["--model", f"base={SMOLLM2}", "--model", f"lora={adapter}", "--data-file", str(eval_questions),
+
+@pytest.fixture(scope="module")
+def base_and_lora_eval(base_eval, eval_questions, lora_adapter) -> Path:
+    """`looper eval --model base=B --model lora=A`: both through one engine."""
+    out = eval_questions.parent / "many"
+    looper_eval(["--model", f"base={SMOLLM2}", "--model", f"lora={lora_adapter}", "--data-file", str(eval_questions),
                  "--output-dir", str(out)])  # fmt: skip
+    return out
+
+
+def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, base_and_lora_eval, lora_adapter):
+    """One engine with LoRA on, the base through no LoRA request (its answers are those of the single-model
+    eval) and the adapter through its own."""
+    out = base_and_lora_eval
     for name in ("base", "lora"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["name"] == name and summary["questions"] == 3 and summary["engine"] == "vllm"
-        assert summary["shared_engine"]["models"] == [SMOLLM2, str(adapter)]
+        assert summary["shared_engine"]["models"] == [SMOLLM2, str(lora_adapter)]
         assert summary["shared_engine"]["max_lora_rank"] == 16 and (out / name / "metrics.jsonl").is_file()
         assert summary["shared_engine"]["lora_adapter"] is (name == "lora")
     assert predictions(out / "base") == predictions(base_eval)
     lora_rows = predictions(out / "lora")
     assert len(lora_rows) == 3 and all(r["output"] for r in lora_rows)
     assert [r["output"] for r in lora_rows] != [r["output"] for r in predictions(base_eval)]  # the LoRA was applied
+
+
+def test_a_merged_lora_answers_as_the_adapter_does_and_leaves_no_checkpoint(
+    base_and_lora_eval, eval_questions, lora_adapter, tmp_path
+):
+    """--merge-lora: the adapter folded into its base (fp32 here) and served without LoRA kernels gives the
+    adapter's answers; the temporary checkpoint is gone once vLLM has loaded it."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "merged"
+    args = ["eval", "--engine", "vllm", "--model", str(lora_adapter), "--data-file", str(eval_questions)]
+    looper_in_vllm_venv([*args, "--output-dir", str(out), "--merge-lora", *EVAL_ARGS], TMPDIR=str(scratch))
+    merged = predictions(out)
+    assert [r["output"] for r in merged] == [r["output"] for r in predictions(base_and_lora_eval / "lora")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["merge_lora"] is True and "shared_engine" not in summary
+    assert not list(scratch.glob("looper-merged-*"))

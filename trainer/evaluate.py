@@ -64,11 +64,11 @@ SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
 RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
-RESUME_KEYS += ("vllm_batch_invariant", "device", "versions")  # other kernels, other GPU or library: other answers
+RESUME_KEYS += ("vllm_batch_invariant", "merge_lora", "device", "versions")  # other kernels, GPU or library
 # settings every model evaluated in one shared engine must have alike: they build the engine or the run around it
 SHARED_KEYS = ("engine", "dtype", "seed", "deterministic", "vllm_batch_invariant", "tensor_parallel_size")
 SHARED_KEYS += ("data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
-SHARED_KEYS += ("max_batch_size", "static_cache", "torch_compile")
+SHARED_KEYS += ("max_batch_size", "static_cache", "torch_compile", "merge_lora")
 
 
 @dataclass
@@ -113,6 +113,12 @@ class EvalConfig:
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
     enforce_eager: bool = field(default=False, metadata=help_text("vLLM: no CUDA graphs"))
+    merge_lora: bool = field(
+        default=False,
+        metadata=help_text(
+            "vLLM: serve a LoRA adapter folded into its base, without LoRA kernels (one model per engine)"
+        ),
+    )
 
     def __post_init__(self):
         if not self.model or not self.data_file:
@@ -478,6 +484,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
         "seed": config.seed,
         "deterministic": torch_deterministic,
         "vllm_batch_invariant": engine.name == "vllm" and os.environ.get("VLLM_BATCH_INVARIANT") == "1",
+        "merge_lora": engine.name == "vllm" and config.merge_lora,
         "versions": _versions(),
     }
     if shared_engine is not None:
@@ -576,7 +583,7 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
     plan = shared_engine_plan(configs)
     first = configs[0]
     kind = resolve_engine_kind(first.engine)
-    if kind != "vllm":
+    if kind != "vllm" or first.merge_lora:  # a merged model is one model: an engine each
         return [run_eval(c) for c in configs]
     if first.vllm_batch_invariant:
         os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")

@@ -43,7 +43,9 @@ from trainer.problems import safe_eval
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>=]*)>>")
 _NUMBER = re.compile(r"\d*\.\d+|\d+")  # "800*.2" holds 0.2, not 2
 # a number of the question: digits with optional thousands separators and decimals, not inside a longer token
-_QUESTION_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.,])\d+(?:\.\d+)?(?![\w]|[.,]\d)")
+_QUESTION_NUMBER = re.compile(
+    r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.,])\d+(?:\.\d+)?(?![\w]|[.,]\d)"
+)
 _WRITTEN_FRACTION = re.compile(r"(?<![\d.])(\d+)/(\d+)(?![\d.])")  # "2/3 of them": kept (a twin's "2/2" reads badly)
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 # numbers word problems use without writing them: number words, and units (days, hours, percent, ...)
@@ -333,7 +335,9 @@ def write_variants(config: VariantsConfig) -> dict:
                 "pass the rollouts of these training questions"
             )
     drops: Counter = Counter()
-    rows = [row for r in records if picked is None or r["id"] in picked for row in question_variants(r, config.twins, drops)]
+    rows = [
+        row for r in records if picked is None or r["id"] in picked for row in question_variants(r, config.twins, drops)
+    ]
     chosen = len(records) if picked is None else sum(r["id"] in picked for r in records)
     made = sum(r["kind"] == "counterfactual" for r in rows)
     stats = {
@@ -361,7 +365,6 @@ def read_variants(path: str | Path) -> dict[str, list[dict]]:
     for row in read_jsonl(path, required=("id", "source_id", "question", "answer")):
         by_source.setdefault(row["source_id"], []).append(row)
     return by_source
-
 
 
 class DynamicSampler:
