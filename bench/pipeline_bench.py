@@ -85,6 +85,8 @@ def lora_baseline(work: Path, eval_set: str = "platinum", model: str = "sft") ->
         "model": model,
         "merged_s": manifest["seconds"],
         "lora_s": lora_s,
+        "merged_generate_s": merged["seconds"],
+        "lora_generate_s": lora["seconds"],
         "merged_tokens_per_second": merged["tokens_per_second"],
         "lora_tokens_per_second": lora["tokens_per_second"],
         "merged_correct_strict": merged["correct_strict"],
@@ -156,11 +158,13 @@ def figures_from(result: dict, command: str) -> list[dict]:
         figures.append(
             {
                 "name": "merged_lora_eval_speedup",
-                "value": round(lora["lora_s"] / lora["merged_s"], 2),
+                # generation, as lora_serving_bench.py records it: the walls hold engine starts, and the LoRA
+                # one starts last, with a compile cache the merged engines left cold for LoRA
+                "value": round(lora["lora_generate_s"] / lora["merged_generate_s"], 2),
                 "unit": "x",
                 "baseline": {
-                    "what": "the same eval served through vLLM's LoRA kernels, same run",
-                    "value": lora["lora_s"],
+                    "what": "generation seconds of the same eval through vLLM's LoRA kernels, same run",
+                    "value": lora["lora_generate_s"],
                 },
                 "setting": lora,
                 **shared,

@@ -327,8 +327,10 @@ class VLLMEngine:
         if merge_lora and max_lora_rank:
             raise ValueError("merge_lora serves one merged model per engine: it cannot also take LoRA adapters")
         merged = None
+        self.merged_from: str | None = None  # the adapter this engine serves folded into its base
         if merge_lora and source.kind == "adapter":
             merged = merged_checkpoint(source.path, source.base, dtype)
+            self.merged_from, merged_base = source.path, source.base
             source = resolve_source(merged.name)
         rank = max_lora_rank or 0
         if source.kind == "adapter":
@@ -350,11 +352,14 @@ class VLLMEngine:
 
         if torch.cuda.is_initialized():  # a forked engine process cannot use CUDA once this one has
             os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        self.llm = LLM(model=target, **kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
+        try:
+            self.llm = LLM(model=target, **kwargs)
+            self.tokenizer = self.llm.get_tokenizer()
+        finally:
+            if merged is not None:  # loaded (or failed): the weights live in the engine, the checkpoint takes disk
+                merged.cleanup()
+                self.base = merged_base
         self.stop_ids = stop_token_ids(self.tokenizer)
-        if merged is not None:  # loaded: the weights live in the engine now, the checkpoint only takes disk
-            merged.cleanup()
 
     def _lora_request(self, path: str):
         from vllm.lora.request import LoRARequest
@@ -370,7 +375,10 @@ class VLLMEngine:
         source = resolve_source(model, base)
         view = copy.copy(self)  # shares the LLM, tokenizer and the adapter ids
         view.model_name = model
-        if source.kind == "adapter":
+        if self.merged_from is not None:
+            if not same_model(source.path, self.merged_from):
+                raise ValueError(f"this engine serves only {self.merged_from} (merged into its base), not {model}")
+        elif source.kind == "adapter":
             if not same_model(source.base, self.base):
                 raise ValueError(
                     f"{model} is a LoRA adapter over {source.base}, not over this engine's base {self.base}: "
@@ -405,20 +413,33 @@ class VLLMEngine:
         ]
         prompts = vllm_token_prompts([r.prompt for r in requests], self.tokenizer)
         outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
-        results = []
-        for o in outputs:
-            ids = list(o.outputs[0].token_ids)
-            results.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
-        return results
+        ids = [list(o.outputs[0].token_ids) for o in outputs]
+        # the text ends before the stop token (vLLM keeps it among the ids, and the count with it)
+        texts = self.tokenizer.batch_decode(
+            [row[:-1] if row and row[-1] in self.stop_ids else row for row in ids], skip_special_tokens=True
+        )
+        return [Generation(text, len(row)) for text, row in zip(texts, ids, strict=True)]
+
+
+def checkpoint_dtype(model: str) -> str:
+    """The dtype a model dir's config.json records (vLLM's `auto`), bfloat16 where it records none."""
+    config = Path(model) / "config.json"
+    recorded = json.loads(config.read_text()) if config.is_file() else {}
+    dtype = str(recorded.get("torch_dtype") or recorded.get("dtype") or "bfloat16")
+    return dtype if dtype in ("bfloat16", "float16", "float32") else "bfloat16"
 
 
 def merged_checkpoint(adapter: str, base: str, dtype: str) -> tempfile.TemporaryDirectory:
-    """`adapter` folded into `base` as a full checkpoint in a new temporary dir, in `dtype` (auto: bf16)."""
+    """`adapter` folded into `base` as a full checkpoint in a new temporary dir, in `dtype` (auto: the base's)."""
     from looper_common.modeling import convert_to_dir
 
     folder = tempfile.TemporaryDirectory(prefix="looper-merged-")
     started = time.perf_counter()
-    convert_to_dir(adapter, folder.name, "bfloat16" if dtype == "auto" else dtype, base=base)
+    try:
+        convert_to_dir(adapter, folder.name, checkpoint_dtype(base) if dtype == "auto" else dtype, base=base)
+    except BaseException:
+        folder.cleanup()
+        raise
     log.info("merged %s into %s for serving in %.1f s", adapter, base, time.perf_counter() - started)
     return folder
 

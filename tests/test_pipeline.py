@@ -193,3 +193,10 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     settings = json.loads((work / "eval-lora" / "generated_eval" / "sft" / "eval_settings.json").read_text())
     assert settings["merge_lora"] is False and settings["model"] == str(work / "sft")
     assert bench.lora_baseline(work, "generated_eval", "nope") is None
+    # --summarize with a baseline on record: the figure is the generation ratio (walls hold engine starts)
+    (work / "lora_baseline.json").write_text(json.dumps(baseline))
+    bench.main(["--preset", "demo", "--summarize", "--work-dir", str(work), "--out", str(tmp_path / "r2.json"),
+                "--figures", str(figures)])  # fmt: skip
+    speedup = {f["name"]: f for f in json.loads(figures.read_text())}["merged_lora_eval_speedup"]
+    assert speedup["value"] == round(baseline["lora_generate_s"] / baseline["merged_generate_s"], 2)
+    assert speedup["baseline"]["value"] == baseline["lora_generate_s"]

@@ -484,7 +484,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
         "seed": config.seed,
         "deterministic": torch_deterministic,
         "vllm_batch_invariant": engine.name == "vllm" and os.environ.get("VLLM_BATCH_INVARIANT") == "1",
-        "merge_lora": engine.name == "vllm" and config.merge_lora,
+        "merge_lora": getattr(engine, "merged_from", None) is not None,  # what the engine did, not the setting
         "versions": _versions(),
     }
     if shared_engine is not None:
@@ -578,12 +578,18 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
     `shared_engine` record in the summary. vLLM: one engine on the base with LoRA enabled up to the largest
     adapter's rank; the models run one after the other (all of a model's data sets together, so each
     adapter is loaded once), each through its own LoRA request, the base through none. HF: every model in an
-    engine of its own, loaded in turn (the same as separate runs).
+    engine of its own, loaded in turn (the same as separate runs). vLLM with `merge_lora`: every model merged
+    in an engine of its own, each in a fresh process (the GPU memory a vLLM engine held is not all given back
+    in its process), whatever their bases.
     """
-    plan = shared_engine_plan(configs)
     first = configs[0]
     kind = resolve_engine_kind(first.engine)
-    if kind != "vllm" or first.merge_lora:  # a merged model is one model: an engine each
+    if kind == "vllm" and first.merge_lora:
+        from looper_common.isolation import run_isolated
+
+        return [run_isolated(run_eval, c) for c in configs]
+    plan = shared_engine_plan(configs)
+    if kind != "vllm":
         return [run_eval(c) for c in configs]
     if first.vllm_batch_invariant:
         os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
@@ -641,7 +647,8 @@ def main(args) -> None:
         print(f"summary: {Path(configs[0].output_dir) / SUMMARY}")
         return
     try:
-        shared_engine_plan(configs)
+        if not configs[0].merge_lora:  # merged: an engine per model, whatever their bases
+            shared_engine_plan(configs)
     except ValueError as exc:
         raise SystemExit(f"looper eval: {exc}") from None
     summaries = eval_many(configs)
