@@ -44,20 +44,19 @@ def sft_shaped_adapter(model: str, out: Path) -> Path:
     return out
 
 
-def timed_eval(name: str, model: str, data_file: str, out: Path, **settings) -> dict:
-    """One eval in a fresh process; its wall time and summary."""
+def timed_eval(config) -> dict:
+    """One eval (an EvalConfig) in a fresh process, into an emptied output dir: its wall time and summary."""
     from looper_common.isolation import run_isolated
-    from trainer.evaluate import EvalConfig
     from trainer.pipeline import run_eval_stage
 
+    out = Path(config.output_dir)
     shutil.rmtree(out, ignore_errors=True)
-    config = EvalConfig(model=model, data_file=data_file, output_dir=str(out), name=name, **settings)
     started = time.perf_counter()
     run_isolated(run_eval_stage, config)
     wall = round(time.perf_counter() - started, 2)
     summary = json.loads((out / "summary.json").read_text())
     row = {
-        "name": name,
+        "name": config.name,
         "wall_s": wall,
         "generate_s": summary["seconds"],
         "tokens_per_second": summary["tokens_per_second"],
@@ -68,6 +67,21 @@ def timed_eval(name: str, model: str, data_file: str, out: Path, **settings) -> 
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def speedup_figure(lora_generate_s: float, merged_generate_s: float, setting: dict, shared: dict) -> dict:
+    """`merged_lora_eval_speedup`: generation seconds through LoRA kernels over generation seconds merged."""
+    return {
+        "name": "merged_lora_eval_speedup",
+        "value": round(lora_generate_s / merged_generate_s, 2),
+        "unit": "x",
+        "baseline": {
+            "what": "generation seconds of the same eval through vLLM's LoRA kernels, same run",
+            "value": lora_generate_s,
+        },
+        "setting": setting,
+        **shared,
+    }
 
 
 def figures_from(result: dict) -> list[dict]:
@@ -95,17 +109,12 @@ def figures_from(result: dict) -> list[dict]:
             },
             **shared,
         },
-        {
-            "name": "merged_lora_eval_speedup",
-            "value": round(lora["generate_s"] / merged["generate_s"], 2),
-            "unit": "x",
-            "baseline": {
-                "what": "generation seconds of the adapter's eval through LoRA kernels, same run",
-                "value": lora["generate_s"],
-            },
-            "setting": {"lora": lora, "merged": merged, "order": "base, lora, merged"},
-            **shared,
-        },
+        speedup_figure(
+            lora["generate_s"],
+            merged["generate_s"],
+            {"lora": lora, "merged": merged, "order": "base, lora, merged"},
+            shared,
+        ),
     ]
 
 
@@ -131,11 +140,21 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     adapter = args.adapter or str(sft_shaped_adapter(args.model, work / "adapter"))
+    from trainer.evaluate import EvalConfig
+
     settings = {"engine": args.engine, "max_new_tokens": args.max_new_tokens, "max_questions": args.max_questions}
     runs = [
-        timed_eval("base", args.model, args.data_file, work / "base", **settings),
-        timed_eval("lora", adapter, args.data_file, work / "lora", merge_lora=False, **settings),
-        timed_eval("merged", adapter, args.data_file, work / "merged", merge_lora=True, **settings),
+        timed_eval(
+            EvalConfig(
+                model=model,
+                data_file=args.data_file,
+                output_dir=str(work / name),
+                name=name,
+                merge_lora=merge,
+                **settings,
+            )
+        )  # fmt: skip
+        for name, model, merge in (("base", args.model, False), ("lora", adapter, False), ("merged", adapter, True))
     ]
     result = {
         "gpu": gpu_name(),
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
     }
     write_json(Path(args.out), result)
-    base, lora, merged = runs
+    lora = runs[1]
     print(f"{'eval':>8} {'wall s':>8} {'gen s':>7} {'tok/s':>9} {'gen vs lora':>12}")
     for r in runs:
         print(f"{r['name']:>8} {r['wall_s']:>8.1f} {r['generate_s']:>7.1f} {r['tokens_per_second']:>9,.0f} "

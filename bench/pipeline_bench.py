@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from looper_common.jsonl import read_rows, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import gpu_name, record_figures, version  # noqa: E402
+from lora_serving_bench import speedup_figure, timed_eval  # noqa: E402
 
 
 def grpo_rounds(work: Path) -> dict | None:
@@ -62,9 +62,7 @@ def lora_baseline(work: Path, eval_set: str = "platinum", model: str = "sft") ->
     """The same-run baseline for serving an adapter merged: `model`'s Platinum eval unit again, with every
     setting the same but `merge_lora` off (the adapter through vLLM's LoRA kernels), timed the same way (a
     fresh process: engine start, answers, scoring). None where the pipeline did not merge."""
-    from looper_common.isolation import run_isolated
     from trainer.evaluate import EvalConfig
-    from trainer.pipeline import run_eval_stage
 
     manifest_file = work / "eval" / eval_set / model / "stage_manifest.json"
     if not manifest_file.is_file():
@@ -73,20 +71,17 @@ def lora_baseline(work: Path, eval_set: str = "platinum", model: str = "sft") ->
     if not manifest["config"].get("merge_lora"):
         return None
     out = work / "eval-lora" / eval_set / model
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
-    run_isolated(run_eval_stage, EvalConfig(**{**manifest["config"], "merge_lora": False, "output_dir": str(out)}))
-    lora_s = round(time.perf_counter() - started, 2)
+    lora = timed_eval(EvalConfig(**{**manifest["config"], "merge_lora": False, "output_dir": str(out)}))
     merged_rows = list(read_rows(manifest_file.parent / "predictions.jsonl", kind="predictions"))
     lora_rows = list(read_rows(out / "predictions.jsonl", kind="predictions"))
-    merged, lora = (json.loads((d / "summary.json").read_text()) for d in (manifest_file.parent, out))
+    merged = json.loads((manifest_file.parent / "summary.json").read_text())
     return {
         "eval_set": eval_set,
         "model": model,
         "merged_s": manifest["seconds"],
-        "lora_s": lora_s,
+        "lora_s": lora["wall_s"],
         "merged_generate_s": merged["seconds"],
-        "lora_generate_s": lora["seconds"],
+        "lora_generate_s": lora["generate_s"],
         "merged_tokens_per_second": merged["tokens_per_second"],
         "lora_tokens_per_second": lora["tokens_per_second"],
         "merged_correct_strict": merged["correct_strict"],
@@ -155,21 +150,9 @@ def figures_from(result: dict, command: str) -> list[dict]:
             }
         )
     if lora:
-        figures.append(
-            {
-                "name": "merged_lora_eval_speedup",
-                # generation, as lora_serving_bench.py records it: the walls hold engine starts, and the LoRA
-                # one starts last, with a compile cache the merged engines left cold for LoRA
-                "value": round(lora["lora_generate_s"] / lora["merged_generate_s"], 2),
-                "unit": "x",
-                "baseline": {
-                    "what": "generation seconds of the same eval through vLLM's LoRA kernels, same run",
-                    "value": lora["lora_generate_s"],
-                },
-                "setting": lora,
-                **shared,
-            }
-        )
+        # generation, as lora_serving_bench.py records it: the walls hold engine starts, and the LoRA one starts
+        # last, with a compile cache the merged engines left cold for LoRA
+        figures.append(speedup_figure(lora["lora_generate_s"], lora["merged_generate_s"], lora, shared))
     grpo = result.get("grpo")
     if grpo:
         figures.append(

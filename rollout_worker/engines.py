@@ -330,7 +330,7 @@ class VLLMEngine:
         self.merged_from: str | None = None  # the adapter this engine serves folded into its base
         if merge_lora and source.kind == "adapter":
             merged = merged_checkpoint(source.path, source.base, dtype)
-            self.merged_from, merged_base = source.path, source.base
+            self.merged_from, self.base = source.path, source.base
             source = resolve_source(merged.name)
         rank = max_lora_rank or 0
         if source.kind == "adapter":
@@ -345,7 +345,8 @@ class VLLMEngine:
         if rank:
             self.max_lora_rank = vllm_lora_rank(rank)
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
-        self.base = target
+        if merged is None:
+            self.base = target
         if source.kind == "adapter":
             self.lora = self._lora_request(source.path)
         import torch
@@ -358,7 +359,6 @@ class VLLMEngine:
         finally:
             if merged is not None:  # loaded (or failed): the weights live in the engine, the checkpoint takes disk
                 merged.cleanup()
-                self.base = merged_base
         self.stop_ids = stop_token_ids(self.tokenizer)
 
     def _lora_request(self, path: str):

@@ -570,6 +570,11 @@ def shared_engine_plan(configs: list[EvalConfig]) -> dict:
     return {"base": base, "ranks": ranks}
 
 
+def merged_apart(configs: list[EvalConfig]) -> bool:
+    """vLLM with `merge_lora`: every model is merged in an engine of its own, so no engine is shared."""
+    return configs[0].merge_lora and resolve_engine_kind(configs[0].engine) == "vllm"
+
+
 def eval_many(configs: list[EvalConfig]) -> list[dict]:
     """Evaluate several models over one base in one engine; returns their summaries in the order given.
 
@@ -582,14 +587,13 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
     in an engine of its own, each in a fresh process (the GPU memory a vLLM engine held is not all given back
     in its process), whatever their bases.
     """
-    first = configs[0]
-    kind = resolve_engine_kind(first.engine)
-    if kind == "vllm" and first.merge_lora:
+    if merged_apart(configs):
         from looper_common.isolation import run_isolated
 
         return [run_isolated(run_eval, c) for c in configs]
     plan = shared_engine_plan(configs)
-    if kind != "vllm":
+    first = configs[0]
+    if resolve_engine_kind(first.engine) != "vllm":
         return [run_eval(c) for c in configs]
     if first.vllm_batch_invariant:
         os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
@@ -647,7 +651,7 @@ def main(args) -> None:
         print(f"summary: {Path(configs[0].output_dir) / SUMMARY}")
         return
     try:
-        if not configs[0].merge_lora:  # merged: an engine per model, whatever their bases
+        if not merged_apart(configs):  # merged: an engine per model, whatever their bases
             shared_engine_plan(configs)
     except ValueError as exc:
         raise SystemExit(f"looper eval: {exc}") from None
