@@ -59,6 +59,8 @@ def timed_eval(config) -> dict:
         "name": config.name,
         "wall_s": wall,
         "generate_s": summary["seconds"],
+        "engine_start_s": summary["engine_start_s"],
+        "preemptions": summary["preemptions"],
         "tokens_per_second": summary["tokens_per_second"],
         "completion_tokens": summary["completion_tokens"]["total"],
         "questions": summary["questions"],

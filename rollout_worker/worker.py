@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from looper_common.jsonl import append_lines, read_complete_lines, read_jsonl, rewrite_lines
 from looper_common.token import TOKEN_ENV, read_token
 from rollout_worker.client import ClientConfig, ServiceClient, ServiceUnavailable
-from rollout_worker.engines import Engine, GenerationRequest, make_engine
+from rollout_worker.engines import DEFAULT_MAX_NUM_SEQS, Engine, GenerationRequest, engine_preemptions, make_engine
 from shared_schemas.models import (
     ArmSpec,
     PromptQuestion,
@@ -63,6 +63,10 @@ class RolloutConfig:
         default="auto", metadata={"help": "auto: bf16 on GPUs, fp32 on CPU"}
     )
     enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no CUDA graphs (needed on CPU builds)"})
+    max_num_seqs: int | None = field(
+        default=DEFAULT_MAX_NUM_SEQS,
+        metadata={"help": "vLLM, per engine: sequences decoded at once, CUDA graphs captured up to as many"},
+    )
     merge_lora: bool = field(
         default=False,
         metadata={
@@ -310,6 +314,7 @@ class RolloutRun:
             "generate_seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             "finished_at": round(time.time(), 3),
+            "preemptions": engine_preemptions(self.engine),  # vLLM's count so far; > 0: the KV cache ran out
         }
         append_lines(self.metrics, [json.dumps(row)])
         return tokens, seconds

@@ -201,7 +201,25 @@ def test_generation_span_runs_from_the_first_batch_start_to_the_last_batch_end()
     assert bench.generation_span(metrics) == 5.0
 
 
-def test_rollout_engines_bench_runs_each_engine_count_and_records_its_figures(tiny_model, tmp_path, monkeypatch):
+def test_rollout_engine_arms_are_compared_by_their_median_over_repeats():
+    bench = load_bench("rollout_engines_bench")
+    rows = [
+        {"engines": 1, "max_num_seqs": "vllm", "generation_tok_s": 100.0},
+        {"engines": 1, "max_num_seqs": 512, "generation_tok_s": 150.0},
+        {"engines": 1, "max_num_seqs": "vllm", "generation_tok_s": 120.0},
+        {"engines": 1, "max_num_seqs": 512, "generation_tok_s": 90.0},
+        {"engines": 1, "max_num_seqs": "vllm", "generation_tok_s": 110.0},
+        {"engines": 1, "max_num_seqs": 512, "generation_tok_s": 130.0},
+    ]
+    assert bench.arm_medians(rows) == {(1, "vllm"): 110.0, (1, 512): 130.0}
+    rate, ratio = bench.figures_from(rows, "cmd")
+    assert rate["value"] == 130.0 and rate["setting"] == {"engines_per_gpu": 1, "max_num_seqs": 512, "median_of": 3}
+    assert ratio["value"] == round(130 / 110, 2) and ratio["baseline"]["value"] == 110.0
+
+
+def test_rollout_engines_bench_runs_each_engine_count_and_cap_and_records_its_figures(
+    tiny_model, tmp_path, monkeypatch
+):
     from looper_common.jsonl import write_jsonl
     from trainer.data import generated_records
 
@@ -216,12 +234,13 @@ def test_rollout_engines_bench_runs_each_engine_count_and_records_its_figures(ti
     out = tmp_path / "bench.json"
     result = bench.main([
         "--model", str(tiny_model), "--questions", str(questions), "--engines", "2,1", "--engine", "hf",
-        "--max-questions", "4", "--batch-size", "2", "--max-new-tokens", "8", "--stub",
+        "--max-num-seqs", "vllm,4", "--max-questions", "4", "--batch-size", "2", "--max-new-tokens", "8", "--stub",
         "--workdir", str(tmp_path / "work"), "--out", str(out), "--figures", str(figures),
     ])  # fmt: skip
     rows = result["rows"]
-    assert [r["engines"] for r in rows] == [1, 2] and all(r["questions"] == 4 for r in rows)
-    assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] > 0  # same work for every K
+    assert [(r["engines"], r["max_num_seqs"]) for r in rows] == [(1, "vllm"), (1, 4), (2, "vllm"), (2, 4)]
+    assert all(r["questions"] == 4 and r["preemptions"] is None for r in rows)  # the HF engine counts none
+    assert len({r["completion_tokens"] for r in rows}) == 1 and rows[0]["completion_tokens"] > 0  # same work
     assert json.loads(out.read_text())["rows"] == rows
     recorded = {f["name"]: f for f in json.loads(figures.read_text())}
     assert set(recorded) == {"platinum_eval_wall_s", "rollouts_tok_s", "rollouts_vs_single_engine"}
@@ -231,6 +250,7 @@ def test_rollout_engines_bench_runs_each_engine_count_and_records_its_figures(ti
         best["generation_tok_s"] / rows[0]["generation_tok_s"], 2
     )
     assert {"command", "gpu", "date", "torch", "vllm", "baseline", "unit"} <= set(recorded["rollouts_tok_s"])
+    assert recorded["rollouts_tok_s"]["baseline"]["max_num_seqs"] == "vllm"  # the first cap at one engine
 
 
 def test_rollout_engines_bench_needs_the_single_engine_baseline(tmp_path):

@@ -267,6 +267,21 @@ def test_data_parallel_in_one_engine_is_refused_with_what_to_do_instead(tmp_path
         EvalConfig(model="m", data_file="d.jsonl", data_parallel_size=2)
 
 
+def test_vllm_batch_cap_and_graph_sizes_are_set_together():
+    """A running batch never outgrows the captured CUDA graphs: vLLM's LLM class otherwise runs up to 1,024
+    sequences on a large GPU but captures graphs only up to 512. A bad cap is refused before vLLM's import."""
+    from rollout_worker.engines import DEFAULT_MAX_NUM_SEQS, VLLMEngine, batch_limits
+
+    assert batch_limits(DEFAULT_MAX_NUM_SEQS, enforce_eager=False) == {
+        "max_num_seqs": 512,
+        "compilation_config": {"max_cudagraph_capture_size": 512},
+    }
+    assert batch_limits(96, enforce_eager=True) == {"max_num_seqs": 96}  # no graphs to size
+    assert batch_limits(None, enforce_eager=False) == {}  # vLLM's own defaults
+    with pytest.raises(ValueError, match="max_num_seqs must be >= 1, got 0"):
+        VLLMEngine("any/model", max_num_seqs=0)
+
+
 def dp_config(model, questions, output, url, n, dp, **kwargs):
     return RolloutConfig(
         questions_file=str(questions), output_file=str(output), model=str(model), engine="hf", service_url=url,

@@ -108,6 +108,9 @@ def test_eval_on_vllm_leaves_torch_determinism_to_vllm(base_eval):
     summary = json.loads((base_eval / "summary.json").read_text())
     assert summary["engine"] == "vllm" and summary["questions"] == 3
     assert summary["deterministic"] is False and "shared_engine" not in summary
+    # where the time went, and vLLM's own count of requests it had to evict and redo (none at this size)
+    assert summary["preemptions"] == 0 and 0 < summary["engine_start_s"] < summary["run_s"]
+    assert summary["seconds"] < summary["run_s"]
     rows = predictions(base_eval)
     assert len(rows) == 3 and all(p["output"] and p["completion_tokens"] > 0 for p in rows)
 
@@ -141,6 +144,34 @@ def base_and_lora_eval(base_eval, eval_questions, lora_adapter) -> Path:
     return out
 
 
+def test_the_vllm_engine_runs_at_most_max_num_seqs_and_counts_preemptions(tmp_path):
+    """The cap reaches vLLM's scheduler, and preemptions() reads vLLM's own counter: the CPU backend's smallest
+    KV cache (1 GiB) holds ~50k tokens of SmolLM2, so 64 prompts of ~760 tokens, each answered at length,
+    outgrow it and some are evicted and recomputed."""
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import json\n"
+        "from rollout_worker.engines import GenerationRequest, VLLMEngine\n"
+        "if __name__ == '__main__':\n"
+        f"    engine = VLLMEngine({SMOLLM2!r}, enforce_eager=True, max_model_len=1024, max_num_seqs=64)\n"
+        "    before = engine.preemptions()\n"
+        "    prompt = ' '.join(str(i) for i in range(1, 240))\n"
+        "    engine.generate([GenerationRequest(f'{k} {prompt}', 0.0, 1.0, 0, 64) for k in range(64)])\n"
+        "    config = engine.llm.llm_engine.vllm_config.scheduler_config\n"
+        "    print('counts', json.dumps({'max_num_seqs': config.max_num_seqs, 'before': before, 'after': engine.preemptions()}))\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    result = subprocess.run([VLLM_PYTHON, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("counts "))[7:])
+    assert counts["max_num_seqs"] == 64 and counts["before"] == 0 and counts["after"] > 0
+
+
 def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, base_and_lora_eval, lora_adapter):
     """One engine with LoRA on, the base through no LoRA request (its answers are those of the single-model
     eval) and the adapter through its own."""
@@ -151,6 +182,7 @@ def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, base_a
         assert summary["shared_engine"]["models"] == [SMOLLM2, str(lora_adapter)]
         assert summary["shared_engine"]["max_lora_rank"] == 16 and (out / name / "metrics.jsonl").is_file()
         assert summary["shared_engine"]["lora_adapter"] is (name == "lora")
+        assert summary["engine_start_s"] is None and summary["preemptions"] == 0  # started once, before both
     assert predictions(out / "base") == predictions(base_eval)
     lora_rows = predictions(out / "lora")
     assert len(lora_rows) == 3 and all(r["output"] for r in lora_rows)

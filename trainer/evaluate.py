@@ -44,9 +44,11 @@ from typing import Literal
 from looper_common.config import help_text
 from looper_common.jsonl import append_lines, read_complete_lines, rewrite_lines, write_json
 from rollout_worker.engines import (
+    DEFAULT_MAX_NUM_SEQS,
     Engine,
     GenerationRequest,
     adapter_rank,
+    engine_preemptions,
     make_engine,
     resolve_engine_kind,
     same_model,
@@ -64,11 +66,17 @@ SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
 RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
-RESUME_KEYS += ("vllm_batch_invariant", "merge_lora", "device", "versions")  # other kernels, GPU or library
+RESUME_KEYS += (
+    "vllm_batch_invariant",
+    "merge_lora",
+    "max_num_seqs",
+    "device",
+    "versions",
+)  # other kernels, GPU or library
 # settings every model evaluated in one shared engine must have alike: they build the engine or the run around it
 SHARED_KEYS = ("engine", "dtype", "seed", "deterministic", "vllm_batch_invariant", "tensor_parallel_size")
 SHARED_KEYS += ("data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
-SHARED_KEYS += ("max_batch_size", "static_cache", "torch_compile", "merge_lora")
+SHARED_KEYS += ("max_batch_size", "static_cache", "torch_compile", "merge_lora", "max_num_seqs")
 
 
 @dataclass
@@ -113,6 +121,10 @@ class EvalConfig:
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
     enforce_eager: bool = field(default=False, metadata=help_text("vLLM: no CUDA graphs"))
+    max_num_seqs: int | None = field(
+        default=DEFAULT_MAX_NUM_SEQS,
+        metadata=help_text("vLLM: sequences decoded at once, CUDA graphs captured up to as many"),
+    )
     merge_lora: bool = field(
         default=False,
         metadata=help_text(
@@ -458,11 +470,13 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
     """Evaluate (or resume), `config.repeat` times; write and return the summary.
 
     `shared_engine` (set by `eval_many`): how the engine given is shared, recorded in the summary."""
+    started = time.monotonic()
     records, info = load_questions(config.data_file, config.max_questions)
     if not records:
         raise DataError(f"{config.data_file}: no questions to evaluate")
     out = Path(config.output_dir)
     kind = engine.name if engine is not None else resolve_engine_kind(config.engine)
+    engine_start_s = None  # an engine given was started elsewhere
     # vLLM's engine process inherits torch's deterministic mode, in which its Inductor compile refuses to run;
     # its answers are made batch-independent by VLLM_BATCH_INVARIANT instead
     torch_deterministic = config.deterministic and kind != "vllm"
@@ -470,8 +484,10 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
         if config.vllm_batch_invariant and kind == "vllm":
             os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
         options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "engine")}
+        t0 = time.monotonic()
         with deterministic_torch(config.seed, torch_deterministic):
             engine = make_engine(kind, config.model, **options)
+        engine_start_s = round(time.monotonic() - t0, 2)
     meta = {
         "model": config.model,
         "base": config.base,
@@ -501,7 +517,7 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
         len(plan),
         config.chunk_size,
     )
-    runs = []
+    runs, preempted_before = [], engine_preemptions(engine)
     # deterministic mode only warns where an op has no deterministic kernel: those warnings are recorded, so
     # the summary says which ops (if any) made the answers depend on more than the settings
     with deterministic_torch(config.seed, torch_deterministic), warnings.catch_warnings(record=True) as caught:
@@ -516,6 +532,12 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
     for message in meta["nondeterministic_ops"]:
         log.warning("not deterministic in this eval: %s", message)
     summary = build_summary(config, info, runs, read_complete_lines(out / METRICS), meta)
+    # where this process's time went: the engine's start (a merge included), then generation ("seconds"), the
+    # rest is scoring and writing; vLLM's preemptions say whether the batch outgrew the KV cache
+    summary["engine_start_s"] = engine_start_s
+    summary["run_s"] = round(time.monotonic() - started, 2)
+    preempted = engine_preemptions(engine)
+    summary["preemptions"] = None if preempted is None else preempted - preempted_before
     write_json(out / SUMMARY, summary)
     if summary["truncated"] > 0.05 * summary["questions"]:
         log.warning(

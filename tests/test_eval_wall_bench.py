@@ -1,0 +1,48 @@
+"""bench/eval_wall_bench.py on a CPU (HF engine, tiny model): its arms, each warmed then timed, and its figure."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+
+def load_bench():
+    path = Path(__file__).parents[1] / "bench" / "eval_wall_bench.py"
+    spec = importlib.util.spec_from_file_location("eval_wall_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fastest(format_model, tmp_path):
+    from trainer.data import generated_records, write_jsonl
+
+    bench = load_bench()
+    questions = tmp_path / "questions.jsonl"
+    write_jsonl(questions, generated_records(3, seed=4))
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
+    work = tmp_path / "work"
+    args = ["--model", str(format_model), "--data-file", str(questions), "--engine", "hf", "--max-new-tokens", "8",
+            "--warm-questions", "1", "--work-dir", str(work), "--out", str(tmp_path / "r.json"),
+            "--figures", str(figures)]  # fmt: skip
+    result = bench.main(args)
+
+    rows = result["rows"]
+    assert [(r["name"], r["max_num_seqs"], r["chunk_size"]) for r in rows] == [
+        ("vllm-default", "vllm", 256),
+        ("cap-512", 512, 256),
+        ("cap-512-one-call", 512, 3),  # every question in one engine call
+    ]
+    for r in rows:
+        assert r["questions"] == 3 and r["wall_s"] > r["engine_start_s"] > 0 and r["cold_start_s"] > 0
+        warm = json.loads((work / r["name"] / "warm" / "summary.json").read_text())
+        assert warm["questions"] == 1  # the warm-up is a short eval of the same settings
+        settings = json.loads((work / r["name"] / "timed" / "eval_settings.json").read_text())
+        assert settings["max_num_seqs"] == (None if r["max_num_seqs"] == "vllm" else 512)
+    assert len({r["outputs_sha256"] for r in rows}) == 1  # the same answers, however batched (HF, fp32 here)
+    recorded = {f["name"]: f for f in json.loads(figures.read_text())}
+    assert set(recorded) == {"kept", "platinum_eval_wall_s"}
+    fastest = min(rows, key=lambda r: r["wall_s"])
+    assert recorded["platinum_eval_wall_s"]["value"] == fastest["wall_s"]
+    assert recorded["platinum_eval_wall_s"]["baseline"]["value"] == rows[0]["wall_s"]
+    assert recorded["platinum_eval_wall_s"]["setting"]["arm"] == fastest["name"]
