@@ -283,7 +283,8 @@ class VLLMEngine:
 
     With `merge_lora`, an adapter is instead folded into its base (a full checkpoint in a temporary dir,
     deleted once vLLM has loaded it) and served without LoRA kernels: one model per engine, but no per-token
-    LoRA work, which costs a small model more than the folding does.
+    LoRA work, which costs a small model more than the folding does. `merged_dir`: that checkpoint made
+    already, by a caller that removes it (data-parallel rollouts fold once for all their engines).
     """
 
     name = "vllm"
@@ -302,6 +303,7 @@ class VLLMEngine:
         max_num_seqs: int | None = DEFAULT_MAX_NUM_SEQS,
         max_lora_rank: int | None = None,
         merge_lora: bool = False,
+        merged_dir: str | None = None,
     ):
         if data_parallel_size > 1:
             # vLLM's LLM.__init__ raises for this itself (read in 0.26 and 0.32: "LLM(data_parallel_size=N) is not supported
@@ -337,9 +339,10 @@ class VLLMEngine:
         merged = None
         self.merged_from: str | None = None  # the adapter this engine serves folded into its base
         if merge_lora and source.kind == "adapter":
-            merged = merged_checkpoint(source.path, source.base, dtype)
+            if merged_dir is None:
+                merged = merged_checkpoint(source.path, source.base, dtype)
             self.merged_from, self.base = source.path, source.base
-            source = resolve_source(merged.name)
+            source = resolve_source(merged_dir or merged.name)
         rank = max_lora_rank or 0
         if source.kind == "adapter":
             rank = max(rank, adapter_rank(source.path))
@@ -526,4 +529,5 @@ VLLM_OPTIONS = {
     "max_num_seqs",
     "max_lora_rank",
     "merge_lora",
+    "merged_dir",
 }

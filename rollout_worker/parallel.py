@@ -16,6 +16,8 @@ coordination between replicas anyway. So the worker shards the questions itself:
   the free memory it sees while it profiles, so the engines of one GPU start one after another: a shard
   starts once the one before it on its GPU has built its engine (`<shard>.ready`) or exited; once any shard
   has failed, no more are started.
+- With `merge_lora` on vLLM the parent folds the LoRA adapter into its base once, into a temporary checkpoint
+  every shard's engine loads (removed when the shards are done), instead of each shard folding it again.
 - A shard's log is `<output>.shard-K-of-N.log`; a lock file keeps a second writer off a shard.
 - When every shard has finished, the output is rewritten (temp file, then rename) with the records it had
   and the shards' records in question order, the shards' metrics are appended to `<output>.metrics.jsonl`
@@ -149,26 +151,29 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     started = time.monotonic()
     children: dict[int, subprocess.Popen] = {}
     stopped: set[int] = set()
+    # the first engine of every GPU at once, then the second of every GPU once the first is built, ...
+    to_start = [
+        k
+        for k in sorted(range(n), key=lambda k: (k % per_gpu, k // per_gpu))
+        if has_work(k, n, output, questions, done)
+    ]
+    folded = fold_adapter_once(config) if to_start else None
     try:
-        # the first engine of every GPU at once, then the second of every GPU once the first is built, ...
-        for k in sorted(range(n), key=lambda k: (k % per_gpu, k // per_gpu)):
-            path = shard_path(output, k, n)
-            skip = done | {qid for qid, _ in raw_records(path)}
-            todo = [q for q in shard_questions(questions, k, n) if q["id"] not in skip]
-            if not todo and not read_complete_lines(sidecar(path, ".spool")):
-                continue  # nothing to generate or score: its records wait for the merge
+        for k in to_start:
             if devices[k] is not None:
                 _wait_until_built({j: children[j] for j in _earlier_on_gpu(k, per_gpu) if j in children}, output, n)
             if any(p.poll() not in (None, 0) for p in children.values()):
                 break  # a shard failed: starting more engines would only delay the report below
-            sidecar(path, ".ready").unlink(missing_ok=True)
-            children[k] = _start_shard(config, k, n, devices[k])
+            sidecar(shard_path(output, k, n), ".ready").unlink(missing_ok=True)
+            children[k] = _start_shard(config, k, n, devices[k], folded.name if folded else None)
         _wait(children, output, n, len(questions) - len(done))
     finally:
         for k, process in children.items():
             if process.poll() is None:
                 stopped.add(k)
                 _stop(process)
+        if folded is not None:
+            folded.cleanup()
     failed = {k: p.returncode for k, p in children.items() if p.returncode != 0 and k not in stopped}
     if failed or stopped:
         details = "; ".join(
@@ -217,6 +222,29 @@ def run_data_parallel(config, questions: list[dict]) -> dict:
     }
 
 
+def has_work(k: int, n: int, output: Path, questions: list[dict], done: set[str]) -> bool:
+    """Whether shard k has questions to generate or generated groups to score; if not, its records (if any)
+    only wait for the merge."""
+    path = shard_path(output, k, n)
+    skip = done | {qid for qid, _ in raw_records(path)}
+    todo = [q for q in shard_questions(questions, k, n) if q["id"] not in skip]
+    return bool(todo or read_complete_lines(sidecar(path, ".spool")))
+
+
+def fold_adapter_once(config):
+    """With `merge_lora` on vLLM and a LoRA adapter as the model: the adapter folded into its base, in a
+    temporary dir for every shard's engine to load (the caller removes it). None where there is nothing to fold."""
+    from looper_common.modeling import resolve_source
+    from rollout_worker.engines import merged_checkpoint, resolve_engine_kind
+
+    if not config.merge_lora or resolve_engine_kind(config.engine) != "vllm":
+        return None
+    source = resolve_source(config.model, config.base)
+    if source.kind != "adapter":
+        return None
+    return merged_checkpoint(source.path, source.base, config.dtype)
+
+
 def _earlier_on_gpu(k: int, per_gpu: int) -> range:
     """The shards that share shard k's GPU and start before it."""
     return range(k - k % per_gpu, k)
@@ -234,13 +262,15 @@ def _wait_until_built(shards: dict[int, subprocess.Popen], output: Path, n: int)
         time.sleep(0.5)
 
 
-def _start_shard(config, k: int, n: int, device: str | None) -> subprocess.Popen:
+def _start_shard(config, k: int, n: int, device: str | None, merged_dir: str | None) -> subprocess.Popen:
     path = shard_path(Path(config.output_file), k, n)
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     command = [sys.executable, "-m", "rollout_worker.shard", "--shard", str(k), "--shards", str(n)]
     command += ["--config", json.dumps(asdict(config))]
+    if merged_dir is not None:
+        command += ["--merged-dir", merged_dir]
     log_file = sidecar(path, ".log").open("ab")
     try:
         log.info("shard %d/%d on %s: log %s", k, n, f"GPU {device}" if device else "the CPU", sidecar(path, ".log"))

@@ -20,8 +20,9 @@ from rollout_worker.worker import RolloutConfig, build_engine, load_questions, r
 log = logging.getLogger("looper.rollouts")
 
 
-def run_shard(config, k: int, n: int) -> dict:
-    """Shard k of n: the single-process worker on its questions, minus those already merged into the output."""
+def run_shard(config, k: int, n: int, merged_dir: str | None = None) -> dict:
+    """Shard k of n: the single-process worker on its questions, minus those already merged into the output.
+    `merged_dir`: the run's adapter folded into its base by the parent (merge_lora), loaded as it is."""
     output = Path(config.output_file)
     path = shard_path(output, k, n)
     done = {qid for qid, _ in raw_records(output)}
@@ -34,7 +35,7 @@ def run_shard(config, k: int, n: int) -> dict:
             config, output_file=str(path), data_parallel_size=1, engines_per_gpu=1, gpu_memory_utilization=memory
         )
         log.info("shard %d of %d: building its engine", k, n)
-        engine = build_engine(config)
+        engine = build_engine(config, merged_dir)
         log.info("shard %d of %d: engine built", k, n)
         sidecar(path, ".ready").touch()  # the next engine of this GPU may start profiling its memory
         summary = run_rollouts(config, engine, questions=questions)
@@ -54,11 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, required=True)
     parser.add_argument("--shards", type=int, required=True)
     parser.add_argument("--config", required=True, help="the run's RolloutConfig as JSON")
+    parser.add_argument("--merged-dir", help="the run's LoRA adapter folded into its base (merge_lora)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.getpgid(0) == os.getpid():  # leading a session of its own (as the parent starts it)
         signal.signal(signal.SIGTERM, _stop_own_group)
-    summary = run_shard(RolloutConfig(**json.loads(args.config)), args.shard, args.shards)
+    summary = run_shard(RolloutConfig(**json.loads(args.config)), args.shard, args.shards, args.merged_dir)
     print(json.dumps(summary), flush=True)
 
 

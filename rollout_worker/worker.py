@@ -320,9 +320,10 @@ class RolloutRun:
         return tokens, seconds
 
 
-def build_engine(config: RolloutConfig) -> Engine:
+def build_engine(config: RolloutConfig, merged_dir: str | None = None) -> Engine:
+    """The config's engine; `merged_dir`: its adapter already folded into its base (with merge_lora)."""
     options = {k: v for k, v in asdict(config).items() if k not in ("model", "engine")}
-    return make_engine(config.engine, config.model, **options)
+    return make_engine(config.engine, config.model, **options, merged_dir=merged_dir)
 
 
 def load_questions(config: RolloutConfig) -> list[dict]:

@@ -18,14 +18,15 @@ pytestmark = pytest.mark.skipif(
 CPU_VLLM = ["--enforce-eager", "--max-model-len", "1024", "--gpu-memory-utilization", "0.2"]
 
 
-def looper_in_vllm_venv(args: list[str], **env) -> None:
-    """`python -m looper.cli ARGS` in the vLLM venv, offline; fails the test with its stderr."""
+def looper_in_vllm_venv(args: list[str], **env) -> str:
+    """`python -m looper.cli ARGS` in the vLLM venv, offline; fails the test with its stderr, else returns it."""
     command = [VLLM_PYTHON, "-m", "looper.cli", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 def generated_questions(tmp_path_factory, name: str, seed: int) -> Path:
@@ -170,6 +171,30 @@ def test_the_vllm_engine_runs_at_most_max_num_seqs_and_counts_preemptions(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("counts "))[7:])
     assert counts["max_num_seqs"] == 64 and counts["before"] == 0 and counts["after"] > 0
+
+
+def test_two_vllm_replicas_load_the_adapter_their_parent_merged_once(
+    regime_w_service, rollout_questions, lora_adapter, tmp_path
+):
+    """--data-parallel-size 2 --merge-lora: the parent folds the adapter into its base once and both shards'
+    engines load that checkpoint (neither folds it again); the records name the adapter; the checkpoint is
+    gone at the end."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    output = tmp_path / "rollouts.jsonl"
+    args = ["rollouts", "--engine", "vllm", "--model", str(lora_adapter), "--questions-file", str(rollout_questions)]
+    args += ["--output-file", str(output), "--service-url", regime_w_service.url, "--max-questions", "2"]
+    args += ["--batch-size", "2", "--max-new-tokens", "16", "--dtype", "float32", *CPU_VLLM]
+    args += ["--data-parallel-size", "2", "--merge-lora"]
+    log = looper_in_vllm_venv(args, LOOPER_SERVICE_TOKEN=regime_w_service.token, TMPDIR=str(scratch))
+    merge = f"merged {lora_adapter} into {SMOLLM2} for serving"
+    assert log.count(merge) == 1
+    shard_logs = sorted(tmp_path.glob("rollouts.jsonl.shard-*.log"))
+    assert len(shard_logs) == 2 and not any(merge in p.read_text() for p in shard_logs)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 2 and all(r["model"] == str(lora_adapter) for r in records)
+    assert all(len(r["trajectories"]) == 11 for r in records)
+    assert not list(scratch.glob("looper-merged-*"))
 
 
 def test_one_vllm_engine_evaluates_the_base_and_a_lora_adapter(base_eval, base_and_lora_eval, lora_adapter):
