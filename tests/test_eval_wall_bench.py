@@ -46,3 +46,11 @@ def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fas
     assert recorded["platinum_eval_wall_s"]["value"] == fastest["wall_s"]
     assert recorded["platinum_eval_wall_s"]["baseline"]["value"] == rows[0]["wall_s"]
     assert recorded["platinum_eval_wall_s"]["setting"]["arm"] == fastest["name"]
+    assert recorded["platinum_eval_wall_s"]["setting"]["first_start_on_machine_s"] == rows[0]["cold_start_s"]
+
+    # the figure comes back from the results file alone, unchanged
+    again = tmp_path / "again.json"
+    bench.main(
+        ["--model", "m", "--data-file", "d", "--from-results", str(tmp_path / "r.json"), "--figures", str(again)]
+    )
+    assert json.loads(again.read_text()) == [recorded["platinum_eval_wall_s"]]
