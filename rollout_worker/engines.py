@@ -314,7 +314,12 @@ class VLLMEngine:
                 "`looper rollouts --data-parallel-size N`); elsewhere run one process per GPU"
             )
         limits = batch_limits(max_num_seqs, enforce_eager)
+        started = time.perf_counter()
         from vllm import LLM
+
+        # where an engine's start goes: vLLM's import, the fold (merge_lora), LLM() (its config, the engine-core
+        # process, weights, compile, graphs, KV cache); read by the eval's summary
+        self.start_s: dict[str, float] = {"import_vllm": round(time.perf_counter() - started, 2)}
 
         from looper_common.modeling import resolve_source
 
@@ -340,7 +345,9 @@ class VLLMEngine:
         self.merged_from: str | None = None  # the adapter this engine serves folded into its base
         if merge_lora and source.kind == "adapter":
             if merged_dir is None:
+                folding = time.perf_counter()
                 merged = merged_checkpoint(source.path, source.base, dtype)
+                self.start_s["merge"] = round(time.perf_counter() - folding, 2)
             self.merged_from, self.base = source.path, source.base
             source = resolve_source(merged_dir or merged.name)
         rank = max_lora_rank or 0
@@ -365,7 +372,10 @@ class VLLMEngine:
         if torch.cuda.is_initialized():  # a forked engine process cannot use CUDA once this one has
             os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         try:
+            building = time.perf_counter()
             self.llm = LLM(model=target, **kwargs)
+            self.start_s["llm_init"] = round(time.perf_counter() - building, 2)
+            log.info("vLLM engine started (seconds): %s", self.start_s)
             self.tokenizer = self.llm.get_tokenizer()
         finally:
             if merged is not None:  # loaded (or failed): the weights live in the engine, the checkpoint takes disk

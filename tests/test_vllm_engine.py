@@ -112,6 +112,8 @@ def test_eval_on_vllm_leaves_torch_determinism_to_vllm(base_eval):
     # where the time went, and vLLM's own count of requests it had to evict and redo (none at this size)
     assert summary["preemptions"] == 0 and 0 < summary["engine_start_s"] < summary["run_s"]
     assert summary["seconds"] < summary["run_s"]
+    parts = summary["engine_start_parts_s"]
+    assert set(parts) == {"import_vllm", "llm_init"} and sum(parts.values()) <= summary["engine_start_s"]
     rows = predictions(base_eval)
     assert len(rows) == 3 and all(p["output"] and p["completion_tokens"] > 0 for p in rows)
 
@@ -228,4 +230,5 @@ def test_a_merged_lora_answers_as_the_adapter_does_and_leaves_no_checkpoint(
     assert [r["output"] for r in merged] == [r["output"] for r in predictions(base_and_lora_eval / "lora")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["merge_lora"] is True and "shared_engine" not in summary
+    assert set(summary["engine_start_parts_s"]) == {"import_vllm", "merge", "llm_init"}
     assert not list(scratch.glob("looper-merged-*"))

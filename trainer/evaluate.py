@@ -535,6 +535,8 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, *, shared_engine:
     # where this process's time went: the engine's start (a merge included), then generation ("seconds"), the
     # rest is scoring and writing; vLLM's preemptions say whether the batch outgrew the KV cache
     summary["engine_start_s"] = engine_start_s
+    if engine_start_s is not None and getattr(engine, "start_s", None):
+        summary["engine_start_parts_s"] = engine.start_s  # vLLM: its import, a merge, LLM()
     summary["run_s"] = round(time.monotonic() - started, 2)
     preempted = engine_preemptions(engine)
     summary["preemptions"] = None if preempted is None else preempted - preempted_before
