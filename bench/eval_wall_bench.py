@@ -23,8 +23,6 @@ scoring, writing), and gives vLLM's preemption count. Writes bench/results/eval_
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 from looper_common.jsonl import read_rows, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import gpu_name, record_figures, version  # noqa: E402
+from figures import record_figures, record_from_results, stamp  # noqa: E402
 from lora_serving_bench import timed_eval  # noqa: E402
 
 ARMS = (  # name, max_num_seqs (None: vLLM's default), one engine call for every question
@@ -104,19 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from-results", help="run nothing: record the figure of this earlier results JSON")
     args = parser.parse_args(argv)
     if args.from_results:
-        result = json.loads(Path(args.from_results).read_text())
-        if args.figures:
-            record_figures(Path(args.figures), figures_from(result))
-        return result
+        return record_from_results(args.from_results, args.figures, figures_from)
     command = "python " + shlex.join(["bench/eval_wall_bench.py", *(argv if argv is not None else sys.argv[1:])])
     questions = sum(1 for _ in read_rows(Path(args.data_file), kind="eval questions"))
     rows = [run_arm(args, name, cap, one_call, questions) for name, cap, one_call in ARMS]
     result = {
-        "gpu": gpu_name(),
-        "date": datetime.date.today().isoformat(),
-        "torch": version("torch"),
-        "vllm": version("vllm"),
-        "command": command,
+        **stamp(command),
         "max_new_tokens": args.max_new_tokens,
         "rows": rows,
     }

@@ -3,6 +3,7 @@ is replaced. The benches import this beside themselves (`sys.path` holds their f
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import json
 from pathlib import Path
@@ -28,3 +29,23 @@ def record_figures(path: Path, entries: list[dict]) -> None:
     figures = json.loads(path.read_text()) if path.exists() else []
     names = {e["name"] for e in entries}
     write_json(path, sorted([f for f in figures if f["name"] not in names] + entries, key=lambda f: f["name"]))
+
+
+def stamp(command: str) -> dict:
+    """What every result and figure says about its run: the command, GPU, date and library versions."""
+    return {
+        "command": command,
+        "gpu": gpu_name(),
+        "date": datetime.date.today().isoformat(),
+        "torch": version("torch"),
+        "vllm": version("vllm"),
+    }
+
+
+def record_from_results(results: Path, figures: Path | None, figures_from) -> dict:
+    """A bench's `--from-results`: run nothing, record `figures_from(results)` (when a figures file is given)
+    and return the results."""
+    result = json.loads(Path(results).read_text())
+    if figures:
+        record_figures(Path(figures), figures_from(result))
+    return result

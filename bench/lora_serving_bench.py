@@ -18,7 +18,6 @@ records `platinum_eval_wall_s` and `merged_lora_eval_speedup`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 from looper_common.jsonl import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import gpu_name, record_figures, version  # noqa: E402
+from figures import record_figures, record_from_results, stamp  # noqa: E402
 
 
 def sft_shaped_adapter(model: str, out: Path) -> Path:
@@ -134,10 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from-results", help="run nothing: record the figures of this earlier results JSON")
     args = parser.parse_args(argv)
     if args.from_results:
-        result = json.loads(Path(args.from_results).read_text())
-        if args.figures:
-            record_figures(Path(args.figures), figures_from(result))
-        return result
+        return record_from_results(args.from_results, args.figures, figures_from)
     command = "python " + shlex.join(["bench/lora_serving_bench.py", *(argv if argv is not None else sys.argv[1:])])
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,11 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, model, merge in (("base", args.model, False), ("lora", adapter, False), ("merged", adapter, True))
     ]
     result = {
-        "gpu": gpu_name(),
-        "date": datetime.date.today().isoformat(),
-        "torch": version("torch"),
-        "vllm": version("vllm"),
-        "command": command,
+        **stamp(command),
         "max_new_tokens": args.max_new_tokens,
         "adapter": "given" if args.adapter else "SFT-shaped, B = 0",
         "runs": runs,

@@ -24,7 +24,6 @@ arm's median) in that file.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import statistics
@@ -42,7 +41,7 @@ from looper_common.local_service import local_service
 from rollout_worker.worker import RolloutConfig, run_rollouts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import gpu_name, record_figures, version  # noqa: E402
+from figures import gpu_name, record_figures, stamp  # noqa: E402
 
 
 def generation_span(metrics: list[dict]) -> float:
@@ -74,7 +73,7 @@ def run_one(args, arm: int, k: int, cap: int | None, workdir: Path, url: str, to
     return {
         "engines": k,
         "max_num_seqs": cap or "vllm",
-        "preemptions": sum(preempted) if preempted else None,  # each engine's count so far, at its last batch
+        "preemptions": sum(preempted) if preempted else None,  # every batch's, every engine's
         "questions": summary["records"],
         "completion_tokens": tokens,
         "generation_span_s": round(span, 2),
@@ -101,11 +100,7 @@ def figures_from(rows: list[dict], command: str) -> list[dict]:
     shared = {
         "baseline": {"engines": first[0], "max_num_seqs": first[1], "value": medians[first]},
         "setting": {"engines_per_gpu": best[0], "max_num_seqs": best[1], "median_of": repeats},
-        "command": command,
-        "gpu": gpu_name(),
-        "date": datetime.date.today().isoformat(),
-        "torch": version("torch"),
-        "vllm": version("vllm"),
+        **stamp(command),
     }
     return [
         {"name": "rollouts_tok_s", "value": medians[best], "unit": "completion tokens/s", **shared},

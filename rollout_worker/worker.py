@@ -155,6 +155,7 @@ class RolloutRun:
         self.spool = self.output.with_name(self.output.name + ".spool")
         self.metrics = self.output.with_name(self.output.name + ".metrics.jsonl")
         self.finished: set[str] = set()  # question ids in the output, read once at the start
+        self.preempted = engine_preemptions(engine)  # vLLM's count so far; each metrics row gets what it adds
 
     def unscored_spool(self) -> list[dict]:
         """The spooled groups not yet in the output. A kill between appending a group's record to the output
@@ -314,10 +315,19 @@ class RolloutRun:
             "generate_seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             "finished_at": round(time.time(), 3),
-            "preemptions": engine_preemptions(self.engine),  # vLLM's count so far; > 0: the KV cache ran out
+            "preemptions": self._new_preemptions(),  # > 0: the KV cache ran out and vLLM redid work
         }
         append_lines(self.metrics, [json.dumps(row)])
         return tokens, seconds
+
+    def _new_preemptions(self) -> int | None:
+        """vLLM's preemptions since the last metrics row (None: an engine that counts none), so that rows add up
+        over a run and over shards."""
+        count = engine_preemptions(self.engine)
+        if count is None:
+            return None
+        new, self.preempted = count - self.preempted, count
+        return new
 
 
 def build_engine(config: RolloutConfig, merged_dir: str | None = None) -> Engine:

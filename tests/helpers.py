@@ -1,7 +1,10 @@
-"""Shared test pieces: hand-made scored rollouts (prefs, RFT), the loss SFT-style stages optimise, the app in-process."""
+"""Shared test pieces: hand-made scored rollouts (prefs, RFT), the loss SFT-style stages optimise, the app in-process,
+the project's scripts (benches, docker/) loaded as modules."""
 
+import importlib.util
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import torch
@@ -82,3 +85,12 @@ class InProcessService:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def load_script(relative_path: str):
+    """A script of the project (e.g. `bench/eval_wall_bench.py`), not a package module, loaded as a module."""
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,16 @@
 """bench/train_bench.py and bench/qlora_memory_bench.py: their timers, the bare-vs-project config equivalence,
 and the QLoRA bench's model building and main path on a tiny shape (CPU, a few seconds)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"bench/{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,14 @@
 """bench/eval_wall_bench.py on a CPU (HF engine, tiny model): its arms, each warmed then timed, and its figure."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def load_bench():
-    path = Path(__file__).parents[1] / "bench" / "eval_wall_bench.py"
-    spec = importlib.util.spec_from_file_location("eval_wall_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from helpers import load_script
 
 
 def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fastest(format_model, tmp_path):
     from trainer.data import generated_records, write_jsonl
 
-    bench = load_bench()
+    bench = load_script("bench/eval_wall_bench.py")
     questions = tmp_path / "questions.jsonl"
     write_jsonl(questions, generated_records(3, seed=4))
     figures = tmp_path / "figures.json"

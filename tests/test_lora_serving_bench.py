@@ -1,22 +1,14 @@
 """bench/lora_serving_bench.py on a CPU (HF engine, tiny model): its three evals, results file and figures."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def load_bench():
-    path = Path(__file__).parents[1] / "bench" / "lora_serving_bench.py"
-    spec = importlib.util.spec_from_file_location("lora_serving_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from helpers import load_script
 
 
 def test_the_lora_serving_bench_runs_three_evals_and_records_the_generation_ratio(format_model, tmp_path):
     from trainer.data import generated_records, write_jsonl
 
-    bench = load_bench()
+    bench = load_script("bench/lora_serving_bench.py")
     questions = tmp_path / "questions.jsonl"
     write_jsonl(questions, generated_records(2, seed=3))
     figures = tmp_path / "figures.json"

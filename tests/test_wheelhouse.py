@@ -1,7 +1,6 @@
 """docker/wheelhouse.py with pip for real, offline: tiny packages built here stand in for vLLM, torch and a
 dependency the two sides pin differently; the wheelhouse is built from them and installed from its lock."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,14 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-
-def load_script():
-    path = Path(__file__).parents[1] / "docker" / "wheelhouse.py"
-    spec = importlib.util.spec_from_file_location("wheelhouse", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def project(folder: Path, name: str, version: str, dependencies=(), extras=None) -> Path:
@@ -75,7 +67,7 @@ def test_the_project_s_pins_win_and_the_lock_installs_offline(tmp_path):
     )
     out = tmp_path / "wheelhouse"
     offline = ["--pip-arg=--no-index", f"--pip-arg=--find-links={index}"]
-    manifest = load_script().main(
+    manifest = load_script("docker/wheelhouse.py").main(
         ["build", "--out", str(out), "--vllm", "0.1", "--extras", "all", "--project", str(app), *offline]
     )
 
@@ -97,7 +89,7 @@ def test_the_project_s_pins_win_and_the_lock_installs_offline(tmp_path):
 
 
 def test_the_project_requirements_leave_torch_to_vllm_and_refuse_an_unknown_extra(tmp_path):
-    script = load_script()
+    script = load_script("docker/wheelhouse.py")
     name, version, requirements = script.project_requirements(
         Path(__file__).parents[1] / "pyproject.toml", ["service", "train"]
     )
