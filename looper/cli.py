@@ -37,6 +37,7 @@ def service_settings(args: argparse.Namespace):
         "max_body_bytes": args.max_body_bytes,
         "max_group_size": args.max_group_size,
         "answer_budget_s": args.answer_budget,
+        "answer_mode": args.answer_mode,
         "max_text_chars": args.max_text_chars,
         "allow_label_free_singletons": args.allow_label_free_singletons,
     }
@@ -303,6 +304,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "pseudo-label); refused by default",
     )
     p.add_argument(
+        "--answer-mode",
+        choices=["strict", "flexible"],
+        default="strict",
+        help="how a trajectory's final answer is read: strict, an explicit 'Answer: N', '#### N' or \\boxed{N}; "
+        "flexible, else its last number (for a model that never writes an explicit answer, e.g. random weights)",
+    )
+    p.add_argument(
         "--answer-budget",
         type=float,
         default=DEFAULT_ANSWER_BUDGET_S,
@@ -491,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="random weights of a shape (llama-3-8b, tiny-llama) or a config.json, built here (on the GPU if any)",
     )
     convert.add_argument("--tokenizer", help="with --random-init: a tokenizer dir, grown to the vocabulary")
-    convert.add_argument("--vocab", type=int, help="with --random-init: another vocabulary size (shape no longer exact)")
+    convert.add_argument(
+        "--vocab", type=int, help="with --random-init: another vocabulary size (shape no longer exact)"
+    )
     convert.add_argument("--seed", type=int, default=0, help="with --random-init: the weights' seed")
     convert.add_argument("--output-dir", required=True, help="folder to save the model in")
     convert.add_argument(

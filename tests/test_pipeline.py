@@ -83,6 +83,40 @@ def test_every_stage_runs_then_a_rerun_skips_and_a_change_reruns_only_what_follo
     assert json.loads((work / "dpo" / MANIFEST).read_text())["config"]["learning_rate"] == 2e-3
 
 
+def test_random_weights_get_labels_read_flexibly_and_the_reading_is_part_of_the_hash(tiny_model, tmp_path):
+    """The 8B preset's stand-in at a tiny shape. Against gold, random weights get nothing right: no pair, and
+    DPO stops saying what to set. Label-free, a question's majority answer is its label, but strictly read few
+    arms have an answer at all; read flexibly (an arm's last number), more do. The reading is part of the
+    scoring units' hash: changing it alone reruns the rollouts and what follows, not SFT."""
+    from trainer.data import DataError
+
+    work = tmp_path / "pipe"
+    values = tiny_values(tiny_model, work)
+    values["rollouts"] = {**values["rollouts"], "label_free": False}
+    values["stages"] = ["data", "sft", "rollouts", "prefs", "dpo"]
+    with pytest.raises(DataError, match="No arm of any question was correct.*label_free.*answer-mode flexible"):
+        run_pipeline(build_config(values=values))
+    stats = json.loads((work / "prefs" / "pairs.stats.json").read_text())
+    assert stats["pairs"] == 0 and stats["label_sources"] == {"gold": 8}
+
+    values["rollouts"]["label_free"] = True
+    values["stages"] = ["data", "sft", "rollouts", "prefs"]
+    run_pipeline(build_config(values=values))
+    strict = json.loads((work / "prefs" / "pairs.stats.json").read_text())["label_sources"].get("majority", 0)
+
+    values["answer_mode"] = "flexible"
+    values["stages"] = ["data", "sft", "rollouts", "prefs", "dpo", "rl"]
+    values["rl"] = {**values["rl"], "reward": "label_free"}
+    summary = run_pipeline(build_config(values=values))
+    assert summary["skipped"] == ["data", "sft"] and summary["ran"] == ["rollouts", "prefs", "dpo", "rl"]
+    stats = json.loads((work / "prefs" / "pairs.stats.json").read_text())
+    assert stats["label_sources"].get("majority", 0) > strict and stats["pairs"] > 0
+    rollouts = json.loads((work / "rollouts" / MANIFEST).read_text())
+    assert rollouts["service"] == {"stub": False, "scorer": None, "answer_mode": "flexible"}
+    assert (work / "dpo" / "adapter_config.json").is_file() and (work / "rl" / "adapter_config.json").is_file()
+    assert "service" not in json.loads((work / "sft" / MANIFEST).read_text())
+
+
 def test_presets_and_overrides_merge_per_stage():
     demo = build_config("demo", {"model": "models/smol", "dpo": {"learning_rate": 1e-6}})
     assert demo.engine == "hf" and demo.generated > 0 and demo.start_service

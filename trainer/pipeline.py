@@ -68,6 +68,11 @@ class PipelineConfig:
         default=None,
         metadata=help_text("with start_service: the service's scorer (looper serve --scorer); rl.scorer may differ"),
     )
+    answer_mode: Literal["strict", "flexible"] = field(
+        default="strict",
+        metadata=help_text("with start_service: how the service reads a final answer (looper serve --answer-mode); "
+                           "flexible for a model that never writes an explicit one, e.g. random weights"),
+    )  # fmt: skip
     engine: Literal["auto", "vllm", "hf"] = field(
         default="auto",
         metadata=help_text("every stage that generates: rollouts, eval, and GRPO (vllm: TRL's colocate mode)"),
@@ -192,7 +197,11 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             service = self._stack.enter_context(
                 local_service(
-                    stub=c.stub_service, scorer=scorer, log_path=folder / "service.log", ready_timeout_s=120.0
+                    stub=c.stub_service,
+                    scorer=scorer,
+                    extra_args=["--answer-mode", c.answer_mode],
+                    log_path=folder / "service.log",
+                    ready_timeout_s=120.0,
                 )
             )
             self._services[scorer] = service
@@ -365,13 +374,24 @@ class Pipeline:
         return str(self.call(run_rl, config))
 
     # ---- skipping, resuming, rerunning
+    def scoring_service(self, unit: Unit) -> dict | None:
+        """What scores a unit's generations, where the pipeline starts the service: part of the unit's hash, so
+        another scorer or answer reading reruns the rollouts or GRPO it rewarded. None for the other units, and
+        for a service started elsewhere (its settings are not known here)."""
+        c = self.config
+        if unit.stage not in ("rollouts", "rl") or not c.start_service:
+            return None
+        scorer = getattr(unit.config, "scorer", None) or c.scorer
+        return {"stub": c.stub_service, "scorer": scorer, "answer_mode": c.answer_mode}
+
     def run_unit(self, unit: Unit) -> None:
         inputs = {name: self.hashes.get(name) for name in unit.inputs}
         missing = [name for name, h in inputs.items() if h is None]
         if missing:
             raise RuntimeError(f"{unit.name} needs {', '.join(missing)}: run those stages first")
         resolved = hashed(unit.config)
-        h = digest({"config": resolved, "inputs": inputs})
+        service = self.scoring_service(unit)
+        h = digest({"config": resolved, "inputs": inputs, **({"service": service} if service else {})})
         manifest_path, pending_path = unit.dir / MANIFEST, unit.dir / PENDING
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
@@ -398,6 +418,7 @@ class Pipeline:
             "hash": h,
             "config": resolved,
             "inputs": inputs,
+            **({"service": service} if service else {}),
             "outputs": [str(p) for p in unit.outputs],
             "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
