@@ -24,6 +24,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,69 @@ def lora_baseline(work: Path, eval_set: str = "platinum", model: str = "sft") ->
     }
 
 
+class GpuMemorySampler:
+    """The GPU's used memory (NVML: every process on it, vLLM's engine cores included) once a second, appended
+    to `path` as {"t": unix seconds, "used_mib"}. Appended, so a resumed run keeps what the first part saw.
+    Samples nothing where NVML or a GPU is missing (CI)."""
+
+    def __init__(self, path: Path, every_s: float = 1.0):
+        self.path, self.every_s = path, every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuMemorySampler:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception as exc:  # no NVML library, no driver or no GPU: nothing to sample
+            print(f"GPU memory not sampled: {exc!r}")
+            return self
+        self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def sample():
+            with self.path.open("a") as out:
+                while not self._stop.is_set():
+                    used = pynvml.nvmlDeviceGetMemoryInfo(handle).used // 2**20
+                    out.write(json.dumps({"t": round(time.time(), 2), "used_mib": used}) + "\n")
+                    out.flush()
+                    self._stop.wait(self.every_s)
+
+        self._thread = threading.Thread(target=sample, name="gpu-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def unit_windows(work: Path) -> dict[str, tuple[float, float]]:
+    """Each finished unit's (start, end) in unix seconds, from its manifest (finished_at to the second, minus
+    its seconds)."""
+    windows = {}
+    for path in work.rglob("stage_manifest.json"):
+        m = json.loads(path.read_text())
+        if m.get("finished_at") and m.get("seconds") is not None:
+            end = datetime.datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%SZ")
+            end_s = end.replace(tzinfo=datetime.UTC).timestamp()
+            windows[m["unit"]] = (end_s - m["seconds"], end_s)
+    return windows
+
+
+def peak_memory_gib(samples: list[dict], windows: dict[str, tuple[float, float]]) -> dict[str, float | None]:
+    """The most GPU memory used while each unit ran (GiB); a second's slack either side, as finished_at is
+    rounded down to the second and samples come once a second. None where no sample fell in the window."""
+    peaks = {}
+    for unit, (start, end) in sorted(windows.items(), key=lambda kv: kv[1]):
+        inside = [s["used_mib"] for s in samples if start - 1.0 <= s["t"] <= end + 1.0]
+        peaks[unit] = round(max(inside) / 1024, 2) if inside else None
+    return peaks
+
+
 def summarize(work: Path) -> dict:
     """What a run left. A run that stopped early (no pipeline_summary.json) is read from its finished units'
     manifests: `finished` is False and no pipeline wall figure comes from it."""
@@ -112,8 +176,11 @@ def summarize(work: Path) -> dict:
             "mean_completion_tokens": s["completion_tokens"]["mean"],
             "truncated": s["truncated"],
         }
+    memory_file = work / "gpu_memory.jsonl"
+    samples = list(read_rows(memory_file, kind="GPU memory samples")) if memory_file.is_file() else []
+    peaks = peak_memory_gib(samples, unit_windows(work)) if samples else {}
     return {"finished": summary_file.is_file(), "units_s": units, "skipped": skipped, "evals": evals,
-            "grpo": grpo_rounds(work)}  # fmt: skip
+            "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks}  # fmt: skip
 
 
 def figures_from(result: dict, command: str) -> list[dict]:
@@ -202,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         for item in args.set:
             cli += ["--set", item]
         started = time.perf_counter()
-        subprocess.run(cli, check=True)
+        with GpuMemorySampler(work / "gpu_memory.jsonl"):
+            subprocess.run(cli, check=True)
         wall = round(time.perf_counter() - started, 1)
     result = {
         "preset": args.preset,
@@ -224,7 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     if baseline_file.is_file():
         result["lora_baseline"] = json.loads(baseline_file.read_text())
     write_json(Path(args.out), result)
-    print(json.dumps({k: result[k] for k in ("finished", "wall_s", "units_s_sum", "units_s", "grpo")}, indent=2))
+    shown = ("finished", "wall_s", "units_s_sum", "units_s", "peak_gpu_memory_gib", "grpo")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
     for name, e in result["evals"].items():
         print(f"{name:>20}: {e['correct_strict']}/{e['questions']} strict = {e['accuracy_strict']:.4f}")
     if args.figures:

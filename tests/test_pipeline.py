@@ -208,12 +208,23 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
                     "num_generations": 4}  # fmt: skip
     values["eval"] = {**values["eval"], "max_questions": 2, "merge_lora": True}
     run_pipeline(build_config(values=values))
+    with bench.GpuMemorySampler(tmp_path / "sampled.jsonl"):  # no NVML or GPU here: it samples nothing
+        pass
+    assert not (tmp_path / "sampled.jsonl").exists()
+    # so here are the sampler's rows, one inside each unit's window (MiB = its index) and one after them all
+    windows = bench.unit_windows(work)
+    rows = [{"t": (start + end) / 2, "used_mib": 1024 * (i + 1)} for i, (start, end) in enumerate(windows.values())]
+    rows.append({"t": max(end for _, end in windows.values()) + 30, "used_mib": 999_999})
+    (work / "gpu_memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
     result = bench.main(["--preset", "demo", "--summarize", "--work-dir", str(work),
                          "--out", str(tmp_path / "r.json"), "--figures", str(figures)])  # fmt: skip
     assert set(result["units_s"]) >= {"data", "sft", "rl", "eval:generated_eval:base", "eval:generated_eval:rl"}
     assert result["evals"]["generated_eval:base"]["questions"] == 2
+    assert set(result["peak_gpu_memory_gib"]) == set(windows) and windows["sft"][0] < windows["sft"][1]
+    assert max(result["peak_gpu_memory_gib"].values()) < 900  # the sample after every unit is nobody's
+    assert result["peak_gpu_memory_gib"]["data"] >= 1.0
     grpo = result["grpo"]
     assert grpo["rounds"] == 2 and grpo["prompts_per_round"] == 1 and grpo["use_vllm"] is False
     names = [f["name"] for f in json.loads(figures.read_text())]
