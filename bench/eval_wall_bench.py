@@ -8,10 +8,16 @@
 Every arm is `looper eval` of the base model with the pipeline's eval settings (every question, greedy,
 `--max-new-tokens`), in a fresh process, timed as a pipeline eval unit is (`timed_eval`):
 1. `vllm-default`: vLLM's own running-batch cap (1,024 sequences on a large GPU, CUDA graphs only up to 512),
-   256 questions per engine call: the engine as it was, the baseline;
-2. `cap-512`: at most 512 sequences at once, graphs captured up to 512 (the engine's default now);
-3. `cap-512-one-call`: the same, every question in one engine call (`chunk_size` = the question count), so
-   the engine's batch stays full until the last answers instead of draining at every chunk's end.
+   256 questions per engine call: the engine as it first was, the baseline;
+2. `cap-512-one-call`: at most 512 sequences at once, graphs captured up to 512 (the engine's default now),
+   every question in one engine call (`chunk_size` = the question count), so the engine's batch stays full
+   until the last answers instead of draining at every chunk's end;
+3. `startup-plan`: the same with `VLLM_ENABLE_STARTUP_PLAN=1`: the warm-up's engine records the KV cache size
+   its memory profiling found, and the timed engine applies it, skipping that profiling and the CUDA-graph
+   memory estimate (a pipeline's evals start the same engine four times);
+4. `in-process`: the same with `VLLM_ENABLE_V1_MULTIPROCESSING=0`: vLLM's engine core in the eval's own
+   process, no second process and handshake, but detokenizing on the scheduling thread;
+5. `plan-in-process`: both.
 
 vLLM caches its compiled graphs by compilation settings, so the arms could find different caches: each arm
 first runs a short eval (`--warm-questions`), whose engine start is reported (`cold_start_s`: cold only for
@@ -23,6 +29,8 @@ scoring, writing), and gives vLLM's preemption count. Writes bench/results/eval_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -33,14 +41,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import record_figures, record_from_results, stamp  # noqa: E402
 from lora_serving_bench import timed_eval  # noqa: E402
 
-ARMS = (  # name, max_num_seqs (None: vLLM's default), one engine call for every question
-    ("vllm-default", None, False),
-    ("cap-512", 512, False),
-    ("cap-512-one-call", 512, True),
+PLAN = {"VLLM_ENABLE_STARTUP_PLAN": "1"}
+IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+ARMS = (  # name, max_num_seqs (None: vLLM's default), one engine call for every question, environment
+    ("vllm-default", None, False, {}),
+    ("cap-512-one-call", 512, True, {}),
+    ("startup-plan", 512, True, PLAN),
+    ("in-process", 512, True, IN_PROCESS),
+    ("plan-in-process", 512, True, {**PLAN, **IN_PROCESS}),
 )
 
 
-def run_arm(args, name: str, cap: int | None, one_call: bool, questions: int) -> dict:
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """The arm's variables, set for its evals' processes (which inherit them) and restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_arm(args, name: str, cap: int | None, one_call: bool, env: dict[str, str], questions: int) -> dict:
     from trainer.evaluate import EvalConfig
 
     settings = {
@@ -52,12 +79,14 @@ def run_arm(args, name: str, cap: int | None, one_call: bool, questions: int) ->
         "chunk_size": questions if one_call else EvalConfig.chunk_size,
     }
     work = Path(args.work_dir)
-    warm = timed_eval(
-        EvalConfig(**settings, output_dir=str(work / name / "warm"), name=name, max_questions=args.warm_questions)
-    )
-    row = timed_eval(EvalConfig(**settings, output_dir=str(work / name / "timed"), name=name))
+    with environment(env):
+        warm = timed_eval(
+            EvalConfig(**settings, output_dir=str(work / name / "warm"), name=name, max_questions=args.warm_questions)
+        )
+        row = timed_eval(EvalConfig(**settings, output_dir=str(work / name / "timed"), name=name))
     return {
         **row,
+        "env": env,
         "max_num_seqs": cap or "vllm",
         "chunk_size": settings["chunk_size"],
         "cold_start_s": warm["engine_start_s"],
@@ -105,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         return record_from_results(args.from_results, args.figures, figures_from)
     command = "python " + shlex.join(["bench/eval_wall_bench.py", *(argv if argv is not None else sys.argv[1:])])
     questions = sum(1 for _ in read_rows(Path(args.data_file), kind="eval questions"))
-    rows = [run_arm(args, name, cap, one_call, questions) for name, cap, one_call in ARMS]
+    rows = [run_arm(args, *arm, questions) for arm in ARMS]
     result = {
         **stamp(command),
         "max_new_tokens": args.max_new_tokens,

@@ -59,6 +59,7 @@ def timed_eval(config) -> dict:
         "wall_s": wall,
         "generate_s": summary["seconds"],
         "engine_start_s": summary["engine_start_s"],
+        "engine_start_parts_s": summary.get("engine_start_parts_s"),  # vLLM: its import, a merge, LLM()
         "preemptions": summary["preemptions"],
         "tokens_per_second": summary["tokens_per_second"],
         "completion_tokens": summary["completion_tokens"]["total"],

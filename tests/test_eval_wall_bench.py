@@ -1,6 +1,7 @@
 """bench/eval_wall_bench.py on a CPU (HF engine, tiny model): its arms, each warmed then timed, and its figure."""
 
 import json
+import os
 
 from helpers import load_script
 
@@ -22,9 +23,13 @@ def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fas
     rows = result["rows"]
     assert [(r["name"], r["max_num_seqs"], r["chunk_size"]) for r in rows] == [
         ("vllm-default", "vllm", 256),
-        ("cap-512", 512, 256),
         ("cap-512-one-call", 512, 3),  # every question in one engine call
+        ("startup-plan", 512, 3),
+        ("in-process", 512, 3),
+        ("plan-in-process", 512, 3),
     ]
+    assert rows[4]["env"] == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert "VLLM_ENABLE_STARTUP_PLAN" not in os.environ  # each arm's variables are its own
     for r in rows:
         assert r["questions"] == 3 and r["wall_s"] > r["engine_start_s"] > 0 and r["cold_start_s"] > 0
         warm = json.loads((work / r["name"] / "warm" / "summary.json").read_text())
