@@ -1,7 +1,7 @@
 """One `looper pipeline` run, timed stage by stage, with the GPU figures it yields.
 
     python bench/pipeline_bench.py --preset gpu-small --model DIR --gsm8k DIR --platinum DIR \\
-        [--work-dir runs/pipeline-bench] [--set STAGE.FIELD=VALUE ...] [--figures bench/figures.json]
+        [--work-dir runs/pipeline-bench] [--config YAML] [--set STAGE.FIELD=VALUE ...] [--figures bench/figures.json]
 
 Runs the pipeline as a user would (`python -m looper.cli pipeline ...`, the service started by the pipeline),
 then reads what the run left: every unit's seconds (`pipeline_summary.json`), the eval summaries (accuracy,
@@ -155,6 +155,21 @@ def peak_memory_gib(samples: list[dict], windows: dict[str, tuple[float, float]]
     return peaks
 
 
+def generation_tok_s(work: Path) -> dict[str, float]:
+    """Generated tokens per second of generating time, per unit that generates outside GRPO: the rollouts (their
+    batches' metrics) and each eval (its summary)."""
+    rates = {}
+    metrics = work / "rollouts" / "rollouts.jsonl.metrics.jsonl"
+    if metrics.is_file():
+        rows = list(read_rows(metrics, kind="rollout metrics"))
+        seconds = sum(r["generate_seconds"] for r in rows)
+        if seconds > 0:
+            rates["rollouts"] = round(sum(r["completion_tokens"] for r in rows) / seconds, 1)
+    for path in sorted((work / "eval").glob("*/*/summary.json")):
+        rates[f"eval:{path.parent.parent.name}:{path.parent.name}"] = json.loads(path.read_text())["tokens_per_second"]
+    return rates
+
+
 def summarize(work: Path) -> dict:
     """What a run left. A run that stopped early (no pipeline_summary.json) is read from its finished units'
     manifests: `finished` is False and no pipeline wall figure comes from it."""
@@ -180,10 +195,18 @@ def summarize(work: Path) -> dict:
     samples = list(read_rows(memory_file, kind="GPU memory samples")) if memory_file.is_file() else []
     peaks = peak_memory_gib(samples, unit_windows(work)) if samples else {}
     return {"finished": summary_file.is_file(), "units_s": units, "skipped": skipped, "evals": evals,
-            "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks}  # fmt: skip
+            "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks,
+            "generation_tok_s": generation_tok_s(work)}  # fmt: skip
+
+
+HEADLINE_PRESET = "gpu-small"  # its Platinum eval and GRPO round are the project's headline figures, unprefixed
 
 
 def figures_from(result: dict, command: str) -> list[dict]:
+    """The pipeline's wall, one entry per unit (seconds, peak GPU memory, generation rate), and the Platinum eval
+    and GRPO round figures; every name but the headline preset's own two begins with the preset's name."""
+    slug = result["preset"].replace("-", "_")
+    prefix = "" if result["preset"] == HEADLINE_PRESET else f"{slug}_"
     shared = {
         "command": command,
         "gpu": result["gpu"],
@@ -202,13 +225,27 @@ def figures_from(result: dict, command: str) -> list[dict]:
             "setting": {"units_s_sum": result["units_s_sum"]},
             **shared,
         })  # fmt: skip
+    for unit, seconds in units.items():
+        if seconds is None:  # skipped: ran in an earlier run
+            continue
+        figures.append({
+            "name": f"{slug}_{unit.replace(':', '_')}_s",
+            "value": seconds,
+            "unit": "s",
+            "baseline": {"what": "a 30-minute GPU slot", "value": 1800},
+            "setting": {
+                "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib", {}).get(unit),
+                "generation_tok_s": result.get("generation_tok_s", {}).get(unit),
+            },
+            **shared,
+        })  # fmt: skip
     lora = result.get("lora_baseline")
     if units.get("eval:platinum:base"):
         sft = units.get("eval:platinum:sft")
         served = "merged into its base" if lora else "through LoRA"
         figures.append(
             {
-                "name": "platinum_eval_wall_s",
+                "name": f"{prefix}platinum_eval_wall_s",
                 "value": units["eval:platinum:base"],
                 "unit": "s",
                 "baseline": {"what": f"the SFT adapter's Platinum eval in the same run ({served})", "value": sft},
@@ -219,12 +256,13 @@ def figures_from(result: dict, command: str) -> list[dict]:
     if lora:
         # generation, as lora_serving_bench.py records it: the walls hold engine starts, and the LoRA one starts
         # last, with a compile cache the merged engines left cold for LoRA
-        figures.append(speedup_figure(lora["lora_generate_s"], lora["merged_generate_s"], lora, shared))
+        speedup = speedup_figure(lora["lora_generate_s"], lora["merged_generate_s"], lora, shared)
+        figures.append({**speedup, "name": prefix + speedup["name"]})
     grpo = result.get("grpo")
     if grpo:
         figures.append(
             {
-                "name": "grpo_round_s",
+                "name": f"{prefix}grpo_round_s",
                 "value": grpo["generating_step_median_s"],
                 "unit": "s",
                 "baseline": {"what": "an optimizer-only GRPO step, same run", "value": grpo["optimizer_step_median_s"]},
@@ -245,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gsm8k", help="GSM8K dir (train/test JSONL)")
     parser.add_argument("--platinum", help="GSM8K-Platinum dir")
     parser.add_argument("--work-dir", default="runs/pipeline-bench")
+    parser.add_argument("--config", help="a pipeline config YAML, passed through (looper pipeline --config)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="passed through")
     parser.add_argument("--summarize", action="store_true", help="read an earlier run in --work-dir; run nothing")
     parser.add_argument("--gpu", help="with --summarize, for a run made on another machine: its GPU's name")
@@ -266,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error("--model, --gsm8k and --platinum are required to run (or pass --summarize)")
         cli = [sys.executable, "-m", "looper.cli", "pipeline", "--preset", args.preset, "--model", args.model,
                "--gsm8k", args.gsm8k, "--platinum", args.platinum, "--work-dir", str(work)]  # fmt: skip
+        cli += ["--config", args.config] if args.config else []
         for item in args.set:
             cli += ["--set", item]
         started = time.perf_counter()

@@ -171,6 +171,23 @@ def test_named_presets_are_yaml_files_that_build_a_config(tmp_path):
         load_preset("nope")
 
 
+def test_the_8b_random_weights_config_cuts_steps_only_and_scores_label_free():
+    """bench/h100_8b_random.yaml over the h100-8b preset: the step counts cut, the label strategy for random
+    weights, everything else the preset's."""
+    from pathlib import Path
+
+    import yaml
+
+    values = yaml.safe_load((Path(__file__).parents[1] / "bench" / "h100_8b_random.yaml").read_text())
+    config = build_config("h100-8b", {**values, "model": "m", "gsm8k": "g", "platinum": "p"})
+    units = {u.name: u.config for u in Pipeline(config).units()}
+    assert config.answer_mode == "flexible" and config.quantization == "4bit" and config.engine == "vllm"
+    assert units["rollouts"].label_free and units["rollouts"].max_questions == 64
+    assert units["rl"].reward == "label_free" and units["rl"].use_vllm and units["rl"].gradient_checkpointing
+    assert units["sft"].max_steps == 8 and units["sft"].lora_r == 64 and units["dpo"].max_steps == 8
+    assert units["eval:platinum:base"].max_new_tokens == 1024 and units["eval:platinum:base"].max_questions is None
+
+
 def test_a_units_folder_is_the_wiring_not_a_users_override(tmp_path):
     """A rerun deletes an unfinished unit's folder: an overridden output path must never become that folder."""
     work = tmp_path / "work"
@@ -227,8 +244,16 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     assert result["peak_gpu_memory_gib"]["data"] >= 1.0
     grpo = result["grpo"]
     assert grpo["rounds"] == 2 and grpo["prompts_per_round"] == 1 and grpo["use_vllm"] is False
-    names = [f["name"] for f in json.loads(figures.read_text())]
-    assert names == ["demo_pipeline_wall_s", "grpo_round_s", "kept"]  # no Platinum eval in this run: no such figure
+    recorded = {f["name"]: f for f in json.loads(figures.read_text())}
+    # not the headline preset: every name begins with the preset's; no Platinum eval in this run: no such figure
+    stage_names = {f"demo_{unit.replace(':', '_')}_s" for unit in result["units_s"]}
+    assert set(recorded) == {"kept", "demo_pipeline_wall_s", "demo_grpo_round_s", *stage_names}
+    sft = recorded["demo_sft_s"]
+    assert sft["value"] == result["units_s"]["sft"] and sft["setting"]["generation_tok_s"] is None
+    assert sft["setting"]["peak_gpu_memory_gib"] == result["peak_gpu_memory_gib"]["sft"]
+    base_eval = recorded["demo_eval_generated_eval_base_s"]["setting"]["generation_tok_s"]
+    assert base_eval == result["generation_tok_s"]["eval:generated_eval:base"] > 0
+    assert result["generation_tok_s"]["rollouts"] > 0
 
     # merge_lora's baseline: the SFT eval unit again with only merge_lora off, into a folder of its own (the HF
     # engine always generates from merged weights, so here the answers must be the same)
@@ -242,6 +267,6 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     (work / "lora_baseline.json").write_text(json.dumps(baseline))
     bench.main(["--preset", "demo", "--summarize", "--work-dir", str(work), "--out", str(tmp_path / "r2.json"),
                 "--figures", str(figures)])  # fmt: skip
-    speedup = {f["name"]: f for f in json.loads(figures.read_text())}["merged_lora_eval_speedup"]
+    speedup = {f["name"]: f for f in json.loads(figures.read_text())}["demo_merged_lora_eval_speedup"]
     assert speedup["value"] == round(baseline["lora_generate_s"] / baseline["merged_generate_s"], 2)
     assert speedup["baseline"]["value"] == baseline["lora_generate_s"]
