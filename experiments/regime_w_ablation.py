@@ -117,6 +117,7 @@ class AblationConfig:
     stub_service: bool = False
     # the ablation measured the service's default scorer (regime_w_v1); name another to rerun it on that
     scorer: str | None = None
+    answer_mode: Literal["strict", "flexible"] = "strict"  # the service's reading of a final answer
     service_url: str = "http://127.0.0.1:8000"
     token_file: str | None = None
     isolate: bool = True

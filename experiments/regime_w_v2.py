@@ -94,6 +94,7 @@ class V2Config:
     start_service: bool = True  # one `looper serve` per scorer the arms name, on 127.0.0.1
     stub_service: bool = False
     scorer: str | None = "regime_w_v2"  # the rollouts' scorer
+    answer_mode: str = "strict"  # the service's reading of a final answer (looper serve --answer-mode)
     service_url: str = "http://127.0.0.1:8000"
     token_file: str | None = None
     isolate: bool = True
