@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--warm-questions", type=int, default=32, help="the short eval before each timed one")
     parser.add_argument("--engine", default="vllm", help="vllm (hf only to try the script on a CPU)")
+    parser.add_argument(
+        "--arms",
+        default=",".join(a[0] for a in ARMS),
+        help="the arms to run, in order; the first is the figure's baseline (default: all, %(default)s)",
+    )
     parser.add_argument("--out", default="bench/results/eval_wall_bench.json")
     parser.add_argument("--figures", help="record the figure in this file (e.g. bench/figures.json)")
     parser.add_argument("--from-results", help="run nothing: record the figure of this earlier results JSON")
@@ -134,7 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
         return record_from_results(args.from_results, args.figures, figures_from)
     command = "python " + shlex.join(["bench/eval_wall_bench.py", *(argv if argv is not None else sys.argv[1:])])
     questions = sum(1 for _ in read_rows(Path(args.data_file), kind="eval questions"))
-    rows = [run_arm(args, *arm, questions) for arm in ARMS]
+    known = {a[0]: a for a in ARMS}
+    chosen = [name.strip() for name in args.arms.split(",") if name.strip()]
+    if not chosen or any(name not in known for name in chosen):
+        parser.error(f"--arms {args.arms!r}: name arms among {', '.join(known)}")
+    rows = [run_arm(args, *known[name], questions) for name in chosen]
     result = {
         **stamp(command),
         "max_new_tokens": args.max_new_tokens,

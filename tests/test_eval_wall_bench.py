@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from helpers import load_script
 
 
@@ -51,3 +52,10 @@ def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fas
         ["--model", "m", "--data-file", "d", "--from-results", str(tmp_path / "r.json"), "--figures", str(again)]
     )
     assert json.loads(again.read_text()) == [recorded["platinum_eval_wall_s"]]
+
+    # a subset of the arms, in the order given: the first is the baseline; an unknown arm is refused
+    some = bench.main([*args, "--arms", "in-process,cap-512-one-call", "--figures", str(again)])
+    assert [r["name"] for r in some["rows"]] == ["in-process", "cap-512-one-call"]
+    assert json.loads(again.read_text())[0]["baseline"]["what"] == "the same eval as in-process, same run"
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--arms", "cap-512,nope"])
