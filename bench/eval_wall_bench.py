@@ -29,16 +29,14 @@ scoring, writing), and gives vLLM's preemption count. Writes bench/results/eval_
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from looper_common.jsonl import read_rows, write_json
+from looper_common.jsonl import read_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import record_figures, record_from_results, stamp  # noqa: E402
+from figures import record_from_results, save_results, stamp, stamp_of  # noqa: E402
 from lora_serving_bench import timed_eval  # noqa: E402
 
 PLAN = {"VLLM_ENABLE_STARTUP_PLAN": "1"}
@@ -50,21 +48,6 @@ ARMS = (  # name, max_num_seqs (None: vLLM's default), one engine call for every
     ("in-process", 512, True, IN_PROCESS),
     ("plan-in-process", 512, True, {**PLAN, **IN_PROCESS}),
 )
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]):
-    """The arm's variables, set for its evals' processes (which inherit them) and restored after."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_arm(args, name: str, cap: int | None, one_call: bool, env: dict[str, str], questions: int) -> dict:
@@ -79,11 +62,11 @@ def run_arm(args, name: str, cap: int | None, one_call: bool, env: dict[str, str
         "chunk_size": questions if one_call else EvalConfig.chunk_size,
     }
     work = Path(args.work_dir)
-    with environment(env):
-        warm = timed_eval(
-            EvalConfig(**settings, output_dir=str(work / name / "warm"), name=name, max_questions=args.warm_questions)
-        )
-        row = timed_eval(EvalConfig(**settings, output_dir=str(work / name / "timed"), name=name))
+    warm = timed_eval(
+        EvalConfig(**settings, output_dir=str(work / name / "warm"), name=name, max_questions=args.warm_questions),
+        env,
+    )
+    row = timed_eval(EvalConfig(**settings, output_dir=str(work / name / "timed"), name=name), env)
     return {
         **row,
         "env": env,
@@ -113,7 +96,7 @@ def figures_from(result: dict) -> list[dict]:
                 "generate_s": best["generate_s"],
                 "engine_start": "warm compile cache (a short eval of the same settings ran first)",
             },
-            **{k: result[k] for k in ("command", "gpu", "date", "torch", "vllm")},
+            **stamp_of(result),
         }
     ]
 
@@ -149,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "rows": rows,
     }
-    write_json(Path(args.out), result)
+    save_results(result, args.out, args.figures, figures_from)
     base = rows[0]["wall_s"]
     print(f"{'arm':>17} {'wall s':>7} {'vs first':>8} {'cold start':>10} {'start':>6} {'gen s':>6} {'rest':>6} "
           f"{'tok/s':>8} {'preempted':>9}")  # fmt: skip
@@ -158,8 +141,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['name']:>17} {r['wall_s']:>7.1f} {base / r['wall_s']:>7.2f}x {r['cold_start_s']:>10.1f} "
               f"{r['engine_start_s']:>6.1f} {r['generate_s']:>6.1f} {rest:>6.1f} {r['tokens_per_second']:>8,.0f} "
               f"{r['preemptions']!s:>9}")  # fmt: skip
-    if args.figures:
-        record_figures(Path(args.figures), figures_from(result))
     return result
 
 

@@ -31,6 +31,9 @@ def record_figures(path: Path, entries: list[dict]) -> None:
     write_json(path, sorted([f for f in figures if f["name"] not in names] + entries, key=lambda f: f["name"]))
 
 
+STAMP = ("command", "gpu", "date", "torch", "vllm")
+
+
 def stamp(command: str) -> dict:
     """What every result and figure says about its run: the command, GPU, date and library versions."""
     return {
@@ -40,6 +43,19 @@ def stamp(command: str) -> dict:
         "torch": version("torch"),
         "vllm": version("vllm"),
     }
+
+
+def stamp_of(result: dict) -> dict:
+    """The stamp a bench's results carry (`stamp`'s keys), for the figures made from them."""
+    return {k: result[k] for k in STAMP}
+
+
+def save_results(result: dict, out: Path, figures: Path | None, figures_from) -> dict:
+    """Write a bench's results to `out` and, when a figures file is given, record `figures_from(result)`."""
+    write_json(Path(out), result)
+    if figures:
+        record_figures(Path(figures), figures_from(result))
+    return result
 
 
 def record_from_results(results: Path, figures: Path | None, figures_from) -> dict:

@@ -25,10 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from looper_common.jsonl import write_json
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import record_figures, record_from_results, stamp  # noqa: E402
+from figures import record_from_results, save_results, stamp, stamp_of  # noqa: E402
 
 
 def sft_shaped_adapter(model: str, out: Path) -> Path:
@@ -43,15 +41,16 @@ def sft_shaped_adapter(model: str, out: Path) -> Path:
     return out
 
 
-def timed_eval(config) -> dict:
-    """One eval (an EvalConfig) in a fresh process, into an emptied output dir: its wall time and summary."""
+def timed_eval(config, env: dict[str, str] | None = None) -> dict:
+    """One eval (an EvalConfig) in a fresh process, into an emptied output dir: its wall time and summary.
+    `env`: variables for that process only."""
     from looper_common.isolation import run_isolated
     from trainer.pipeline import run_eval_stage
 
     out = Path(config.output_dir)
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    run_isolated(run_eval_stage, config)
+    run_isolated(run_eval_stage, config, env=env)
     wall = round(time.perf_counter() - started, 2)
     summary = json.loads((out / "summary.json").read_text())
     row = {
@@ -92,7 +91,7 @@ def figures_from(result: dict) -> list[dict]:
     on one machine, and vLLM's torch.compile cache, cold for the first, warm for later starts of the same
     architecture, moves engine start-up by tens of seconds (both walls are in the entry's setting)."""
     base, lora, merged = result["runs"]
-    shared = {k: result[k] for k in ("command", "gpu", "date", "torch", "vllm")}
+    shared = stamp_of(result)
     return [
         {
             "name": "platinum_eval_wall_s",
@@ -161,14 +160,12 @@ def main(argv: list[str] | None = None) -> dict:
         "adapter": "given" if args.adapter else "SFT-shaped, B = 0",
         "runs": runs,
     }
-    write_json(Path(args.out), result)
+    save_results(result, args.out, args.figures, figures_from)
     lora = runs[1]
     print(f"{'eval':>8} {'wall s':>8} {'gen s':>7} {'tok/s':>9} {'gen vs lora':>12}")
     for r in runs:
         print(f"{r['name']:>8} {r['wall_s']:>8.1f} {r['generate_s']:>7.1f} {r['tokens_per_second']:>9,.0f} "
               f"{lora['generate_s'] / r['generate_s']:>11.2f}x")  # fmt: skip
-    if args.figures:
-        record_figures(Path(args.figures), figures_from(result))
     return result
 
 

@@ -111,7 +111,6 @@ class GpuMemorySampler:
         except Exception as exc:  # no NVML library, no driver or no GPU: nothing to sample
             print(f"GPU memory not sampled: {exc!r}")
             return self
-        self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def sample():
@@ -132,12 +131,16 @@ class GpuMemorySampler:
             self._thread.join()
 
 
-def unit_windows(work: Path) -> dict[str, tuple[float, float]]:
+def read_manifests(work: Path) -> list[dict]:
+    """Every finished unit's stage_manifest.json."""
+    return [json.loads(p.read_text()) for p in sorted(work.rglob("stage_manifest.json"))]
+
+
+def unit_windows(manifests: list[dict]) -> dict[str, tuple[float, float]]:
     """Each finished unit's (start, end) in unix seconds, from its manifest (finished_at to the second, minus
     its seconds)."""
     windows = {}
-    for path in work.rglob("stage_manifest.json"):
-        m = json.loads(path.read_text())
+    for m in manifests:
         if m.get("finished_at") and m.get("seconds") is not None:
             end = datetime.datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%SZ")
             end_s = end.replace(tzinfo=datetime.UTC).timestamp()
@@ -155,9 +158,9 @@ def peak_memory_gib(samples: list[dict], windows: dict[str, tuple[float, float]]
     return peaks
 
 
-def generation_tok_s(work: Path) -> dict[str, float]:
+def generation_tok_s(work: Path, evals: dict[str, dict]) -> dict[str, float]:
     """Generated tokens per second of generating time, per unit that generates outside GRPO: the rollouts (their
-    batches' metrics) and each eval (its summary)."""
+    batches' metrics) and each eval (`evals`: its summary as `summarize` read it)."""
     rates = {}
     metrics = work / "rollouts" / "rollouts.jsonl.metrics.jsonl"
     if metrics.is_file():
@@ -165,21 +168,19 @@ def generation_tok_s(work: Path) -> dict[str, float]:
         seconds = sum(r["generate_seconds"] for r in rows)
         if seconds > 0:
             rates["rollouts"] = round(sum(r["completion_tokens"] for r in rows) / seconds, 1)
-    for path in sorted((work / "eval").glob("*/*/summary.json")):
-        rates[f"eval:{path.parent.parent.name}:{path.parent.name}"] = json.loads(path.read_text())["tokens_per_second"]
-    return rates
+    return rates | {f"eval:{name}": e["tokens_per_second"] for name, e in evals.items()}
 
 
 def summarize(work: Path) -> dict:
     """What a run left. A run that stopped early (no pipeline_summary.json) is read from its finished units'
     manifests: `finished` is False and no pipeline wall figure comes from it."""
     summary_file = work / "pipeline_summary.json"
+    manifests = read_manifests(work)
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         units = {name: info.get("seconds") for name, info in summary["stages"].items()}
         skipped = summary["skipped"]
     else:
-        manifests = [json.loads(p.read_text()) for p in sorted(work.rglob("stage_manifest.json"))]
         units, skipped = {m["unit"]: m["seconds"] for m in manifests}, []
     evals = {}
     for path in sorted((work / "eval").glob("*/*/summary.json")):
@@ -190,13 +191,14 @@ def summarize(work: Path) -> dict:
             "correct_strict": s["correct_strict"],
             "mean_completion_tokens": s["completion_tokens"]["mean"],
             "truncated": s["truncated"],
+            "tokens_per_second": s["tokens_per_second"],
         }
     memory_file = work / "gpu_memory.jsonl"
     samples = list(read_rows(memory_file, kind="GPU memory samples")) if memory_file.is_file() else []
-    peaks = peak_memory_gib(samples, unit_windows(work)) if samples else {}
+    peaks = peak_memory_gib(samples, unit_windows(manifests)) if samples else {}
     return {"finished": summary_file.is_file(), "units_s": units, "skipped": skipped, "evals": evals,
             "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks,
-            "generation_tok_s": generation_tok_s(work)}  # fmt: skip
+            "generation_tok_s": generation_tok_s(work, evals)}  # fmt: skip
 
 
 HEADLINE_PRESET = "gpu-small"  # its Platinum eval and GRPO round are the project's headline figures, unprefixed

@@ -123,8 +123,7 @@ def build(args) -> dict:
             shutil.copy2(wheel, out / wheel.name)
     # the project itself, as a wheel (pure Python: one for every platform)
     pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(root))
-    lock = sorted(f"{package}=={v}" for package, (v, _) in chosen.items())
-    lock = sorted([*lock, f"{canonical(name)}=={version}"])
+    lock = sorted([*(f"{package}=={v}" for package, (v, _) in chosen.items()), f"{canonical(name)}=={version}"])
     (out / "requirements.lock").write_text("\n".join(lock) + "\n")
     manifest = {
         "python": args.python or f"{sys.version_info.major}.{sys.version_info.minor}",

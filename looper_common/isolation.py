@@ -8,6 +8,7 @@ stage through `run_isolated`.
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -34,11 +35,12 @@ with open(out, "wb") as f:
 """
 
 
-def run_isolated(func, *args):
+def run_isolated(func, *args, env: dict[str, str] | None = None):
     """func(*args) in a fresh Python process; its result comes back, its failure is raised here (RuntimeError).
 
     func must be importable by name in that process (a module-level function of the project or the standard
-    library, pickled by reference). The child's output goes to this process's; an interrupt here kills it."""
+    library, pickled by reference). The child's output goes to this process's; an interrupt here kills it.
+    `env`: variables set for the child only, over this process's environment."""
     if getattr(func, "__module__", None) in (None, "__main__"):
         raise ValueError(f"{func!r} is defined in a script: it must be importable by name in a fresh process")
     try:
@@ -47,7 +49,8 @@ def run_isolated(func, *args):
         raise ValueError(f"{func!r} cannot go to a fresh process ({exc}): pass a module-level function") from None
     with tempfile.TemporaryDirectory(prefix="looper-stage-") as tmp:
         out = Path(tmp) / "result.pickle"
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(out)], input=payload, check=False)
+        child_env = {**os.environ, **env} if env else None
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(out)], input=payload, env=child_env, check=False)
         status, value = pickle.loads(out.read_bytes()) if out.is_file() else ("error", "no result written")
     if status != "ok":
         name = getattr(func, "__name__", func)

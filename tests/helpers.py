@@ -87,10 +87,25 @@ class InProcessService:
         self.thread.join(10)
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the project's root
+
+
 def load_script(relative_path: str):
     """A script of the project (e.g. `bench/eval_wall_bench.py`), not a package module, loaded as a module."""
-    path = Path(__file__).resolve().parents[1] / relative_path
+    path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def eval_bench_inputs(tmp_path: Path, questions: int, seed: int) -> tuple[Path, Path]:
+    """An eval bench's inputs: generated questions, and a figures file holding one entry the bench must keep."""
+    import json
+
+    from trainer.data import generated_records, write_jsonl
+
+    questions_file, figures = tmp_path / "questions.jsonl", tmp_path / "figures.json"
+    write_jsonl(questions_file, generated_records(questions, seed=seed))
+    figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
+    return questions_file, figures

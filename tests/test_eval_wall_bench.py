@@ -4,17 +4,12 @@ import json
 import os
 
 import pytest
-from helpers import load_script
+from helpers import eval_bench_inputs, load_script
 
 
 def test_the_eval_wall_bench_times_every_arm_after_a_warm_up_and_records_the_fastest(format_model, tmp_path):
-    from trainer.data import generated_records, write_jsonl
-
     bench = load_script("bench/eval_wall_bench.py")
-    questions = tmp_path / "questions.jsonl"
-    write_jsonl(questions, generated_records(3, seed=4))
-    figures = tmp_path / "figures.json"
-    figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
+    questions, figures = eval_bench_inputs(tmp_path, 3, seed=4)
     work = tmp_path / "work"
     args = ["--model", str(format_model), "--data-file", str(questions), "--engine", "hf", "--max-new-tokens", "8",
             "--warm-questions", "1", "--work-dir", str(work), "--out", str(tmp_path / "r.json"),

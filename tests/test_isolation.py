@@ -14,6 +14,14 @@ def test_a_stage_in_its_own_process_returns_its_result_and_raises_its_error():
         run_isolated(int, "not a number")
 
 
+def test_variables_given_reach_the_child_only():
+    import os
+
+    assert run_isolated(os.getenv, "LOOPER_ISOLATION_PROBE", env={"LOOPER_ISOLATION_PROBE": "1"}) == "1"
+    assert "LOOPER_ISOLATION_PROBE" not in os.environ
+    assert run_isolated(os.getenv, "LOOPER_ISOLATION_PROBE") is None
+
+
 def test_a_function_a_fresh_process_cannot_import_is_refused_with_what_to_pass(tmp_path, monkeypatch):
     def local(x):
         return x

@@ -2,17 +2,12 @@
 
 import json
 
-from helpers import load_script
+from helpers import eval_bench_inputs, load_script
 
 
 def test_the_lora_serving_bench_runs_three_evals_and_records_the_generation_ratio(format_model, tmp_path):
-    from trainer.data import generated_records, write_jsonl
-
     bench = load_script("bench/lora_serving_bench.py")
-    questions = tmp_path / "questions.jsonl"
-    write_jsonl(questions, generated_records(2, seed=3))
-    figures = tmp_path / "figures.json"
-    figures.write_text(json.dumps([{"name": "kept", "value": 1}]))
+    questions, figures = eval_bench_inputs(tmp_path, 2, seed=3)
     out = tmp_path / "result.json"
     args = ["--model", str(format_model), "--data-file", str(questions), "--engine", "hf", "--max-new-tokens", "8",
             "--work-dir", str(tmp_path / "work"), "--out", str(out), "--figures", str(figures)]  # fmt: skip

@@ -4,6 +4,7 @@ then a rerun that skips everything, then one changed DPO setting that reruns DPO
 import json
 
 import pytest
+from helpers import ROOT, load_script
 
 from looper.cli import main
 from trainer.pipeline import MANIFEST, PENDING, PRESETS, Pipeline, Unit, build_config, load_preset, run_pipeline
@@ -174,11 +175,9 @@ def test_named_presets_are_yaml_files_that_build_a_config(tmp_path):
 def test_the_8b_random_weights_config_cuts_steps_only_and_scores_label_free():
     """bench/h100_8b_random.yaml over the h100-8b preset: the step counts cut, the label strategy for random
     weights, everything else the preset's."""
-    from pathlib import Path
-
     import yaml
 
-    values = yaml.safe_load((Path(__file__).parents[1] / "bench" / "h100_8b_random.yaml").read_text())
+    values = yaml.safe_load((ROOT / "bench" / "h100_8b_random.yaml").read_text())
     config = build_config("h100-8b", {**values, "model": "m", "gsm8k": "g", "platinum": "p"})
     units = {u.name: u.config for u in Pipeline(config).units()}
     assert config.answer_mode == "flexible" and config.quantization == "4bit" and config.engine == "vllm"
@@ -211,14 +210,7 @@ def test_the_pipelines_engine_reaches_grpo():
 def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
     """bench/pipeline_bench.py --summarize on a real (tiny) run: every unit's seconds, the eval accuracies, and
     GRPO's generating steps told from its optimizer-only steps by `steps_per_generation`."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "pipeline_bench", Path(__file__).parents[1] / "bench" / "pipeline_bench.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/pipeline_bench.py")
     work = tmp_path / "pipe"
     values = tiny_values(format_model, work)
     values["rl"] = {**values["rl"], "max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 2,
@@ -229,7 +221,7 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
         pass
     assert not (tmp_path / "sampled.jsonl").exists()
     # so here are the sampler's rows, one inside each unit's window (MiB = its index) and one after them all
-    windows = bench.unit_windows(work)
+    windows = bench.unit_windows(bench.read_manifests(work))
     rows = [{"t": (start + end) / 2, "used_mib": 1024 * (i + 1)} for i, (start, end) in enumerate(windows.values())]
     rows.append({"t": max(end for _, end in windows.values()) + 30, "used_mib": 999_999})
     (work / "gpu_memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -239,26 +239,6 @@ def dpo_training_args(config: DPOStageConfig, output_dir: str, **overrides):
     return DPOConfig(**{**fields, **overrides})
 
 
-def why_no_pairs(config: DPOStageConfig) -> str:
-    """What the prefs stats say about an empty pairs file; the fix where no arm of any question was right."""
-    from trainer.prefs import ALL_WRONG, stats_path
-
-    path = stats_path(config.pairs_file)
-    if not path.is_file():
-        return ""
-    stats = json.loads(path.read_text())
-    without = stats.get("questions_without_pairs", {})
-    why = f". {path}: questions without pairs {without}, label sources {stats.get('label_sources')}"
-    if stats.get("questions_with_pairs") == 0 and set(without) == {ALL_WRONG}:
-        why += (
-            ". No arm of any question was correct. For a model that answers nothing right (random weights), score "
-            "the rollouts label-free (rollouts label_free: a question's majority answer is its label) and read "
-            "answers flexibly (looper serve --answer-mode flexible; looper pipeline answer_mode: flexible), so an "
-            "arm's last number is its answer"
-        )
-    return why
-
-
 def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
     """`callbacks` run before the guards at every event (tests inject NaN gradients this way)."""
     from datasets import Dataset
@@ -267,13 +247,15 @@ def run_dpo(config: DPOStageConfig, callbacks=()) -> Path:
     from looper_common.modeling import load_tokenizer
     from trainer.callbacks import JsonlMetrics, NonFiniteGuard, assert_finite_weights, last_complete_checkpoint
     from trainer.data import DataError
+    from trainer.prefs import why_no_pairs
 
     out = Path(config.output_dir)
     checkpoints = out / "checkpoints"
     all_pairs = read_pairs(config.pairs_file)
     pairs = [p for p in all_pairs if p.pair_type in config.pair_types][: config.max_pairs]
     if not pairs:
-        raise DataError(f"{config.pairs_file}: no pairs of type {', '.join(config.pair_types)}{why_no_pairs(config)}")
+        why = why_no_pairs(config.pairs_file)
+        raise DataError(f"{config.pairs_file}: no pairs of type {', '.join(config.pair_types)}{why}")
     tokenizer = load_tokenizer(config.model, config.base)
     check_prompt_format(pairs, tokenizer, config.pairs_file)
     model, source = load_policy(config.model, config.base, config.quantization)

@@ -66,13 +66,8 @@ SETTINGS = "eval_settings.json"
 # settings that change the answers: a resumed eval must match them
 RESUME_KEYS = ("model", "base", "data_sha256", "max_questions", "engine", "dtype", "max_new_tokens", "chunk_size")
 RESUME_KEYS += ("max_batch_size", "static_cache", "torch_compile", "seed", "deterministic")
-RESUME_KEYS += (
-    "vllm_batch_invariant",
-    "merge_lora",
-    "max_num_seqs",
-    "device",
-    "versions",
-)  # other kernels, GPU or library
+# other kernels, batching, GPU or library
+RESUME_KEYS += ("vllm_batch_invariant", "merge_lora", "max_num_seqs", "device", "versions")
 # settings every model evaluated in one shared engine must have alike: they build the engine or the run around it
 SHARED_KEYS = ("engine", "dtype", "seed", "deterministic", "vllm_batch_invariant", "tensor_parallel_size")
 SHARED_KEYS += ("data_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")

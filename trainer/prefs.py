@@ -91,6 +91,25 @@ def stats_path(output_file: str | Path) -> Path:
     return output.with_name(output.stem + ".stats.json")
 
 
+def why_no_pairs(pairs_file: str | Path) -> str:
+    """What the stats beside a pairs file say about its being empty; the fix where no arm of any question was
+    right ("" without stats)."""
+    path = stats_path(pairs_file)
+    if not path.is_file():
+        return ""
+    stats = json.loads(path.read_text())
+    without = stats.get("questions_without_pairs", {})
+    why = f". {path}: questions without pairs {without}, label sources {stats.get('label_sources')}"
+    if stats.get("questions_with_pairs") == 0 and set(without) == {ALL_WRONG}:
+        why += (
+            ". No arm of any question was correct. For a model that answers nothing right (random weights), score "
+            "the rollouts label-free (rollouts label_free: a question's majority answer is its label) and read "
+            "answers flexibly (looper serve --answer-mode flexible; looper pipeline answer_mode: flexible), so an "
+            "arm's last number is its answer"
+        )
+    return why
+
+
 def read_rollouts(path: str | Path) -> list[RolloutRecord]:
     """Validated records of a rollouts JSONL file (`read_rows`: a torn last line is skipped with a warning)."""
     return read_rows(path, RolloutRecord.model_validate_json, "rollout record")
