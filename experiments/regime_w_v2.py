@@ -246,7 +246,7 @@ class V2Experiment(Ablation):
             for arm in c.selected_arms:
                 rl, out = configs[arm], self.arm_dir(seed, arm)
                 units.append(Unit(f"{p}{arm}", "rl", out, rl, rl_inputs, (lambda rl=rl: self._rl(rl)),
-                                  [out / "adapter_config.json"]))  # fmt: skip
+                                  [out / "adapter_config.json"], self.scoring_service(rl.scorer)))  # fmt: skip
                 evs += [stage_config(EvalConfig, {"engine": c.engine, "seed": c.data_seed, "model": str(out),
                                                   "name": arm, "data_file": str(evals[s]),
                                                   "output_dir": str(self.eval_dir(seed, s, arm))}, c.eval)

@@ -173,6 +173,9 @@ class Unit:
     inputs: list[str]
     run: typing.Callable[[], object]
     outputs: list[Path] = field(default_factory=list)
+    # what scores its generations (the service the pipeline starts): part of its hash, so another scorer or
+    # answer reading reruns it
+    scored_by: dict | None = None
 
 
 class Pipeline:
@@ -336,7 +339,9 @@ class Pipeline:
     def rollouts_unit(self, *args) -> Unit:
         from rollout_worker.worker import RolloutConfig
 
-        return self._unit("rollouts", RolloutConfig, self._rollouts, *args)
+        unit = self._unit("rollouts", RolloutConfig, self._rollouts, *args)
+        unit.scored_by = self.scoring_service(None)
+        return unit
 
     def prefs_unit(self, *args) -> Unit:
         from trainer.prefs import PrefsConfig
@@ -351,7 +356,9 @@ class Pipeline:
     def rl_unit(self, *args) -> Unit:
         from trainer.rl import RLStageConfig
 
-        return self._unit("rl", RLStageConfig, self._rl, *args)
+        unit = self._unit("rl", RLStageConfig, self._rl, *args)
+        unit.scored_by = self.scoring_service(unit.config.scorer)
+        return unit
 
     def compare_unit(self, name: str, values: dict, out: Path, after: list[str]) -> Unit:
         return Unit(name, "compare", out, values, after, lambda: run_compare_stage(values, out), [out / "report.md"])
@@ -373,25 +380,23 @@ class Pipeline:
         config.service_url, config.token_file = self.service(config.scorer)
         return str(self.call(run_rl, config))
 
-    # ---- skipping, resuming, rerunning
-    def scoring_service(self, unit: Unit) -> dict | None:
-        """What scores a unit's generations, where the pipeline starts the service: part of the unit's hash, so
-        another scorer or answer reading reruns the rollouts or GRPO it rewarded. None for the other units, and
-        for a service started elsewhere (its settings are not known here)."""
+    def scoring_service(self, scorer: str | None) -> dict | None:
+        """The service that scores a stage calling `self.service(scorer)`, where the pipeline starts it; None for
+        a service started elsewhere (its settings are not known here)."""
         c = self.config
-        if unit.stage not in ("rollouts", "rl") or not c.start_service:
+        if not c.start_service:
             return None
-        scorer = getattr(unit.config, "scorer", None) or c.scorer
-        return {"stub": c.stub_service, "scorer": scorer, "answer_mode": c.answer_mode}
+        return {"stub": c.stub_service, "scorer": scorer or c.scorer, "answer_mode": c.answer_mode}
 
+    # ---- skipping, resuming, rerunning
     def run_unit(self, unit: Unit) -> None:
         inputs = {name: self.hashes.get(name) for name in unit.inputs}
         missing = [name for name, h in inputs.items() if h is None]
         if missing:
             raise RuntimeError(f"{unit.name} needs {', '.join(missing)}: run those stages first")
         resolved = hashed(unit.config)
-        service = self.scoring_service(unit)
-        h = digest({"config": resolved, "inputs": inputs, **({"service": service} if service else {})})
+        scored_by = {"service": unit.scored_by} if unit.scored_by else {}
+        h = digest({"config": resolved, "inputs": inputs, **scored_by})
         manifest_path, pending_path = unit.dir / MANIFEST, unit.dir / PENDING
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
@@ -418,7 +423,7 @@ class Pipeline:
             "hash": h,
             "config": resolved,
             "inputs": inputs,
-            **({"service": service} if service else {}),
+            **scored_by,
             "outputs": [str(p) for p in unit.outputs],
             "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
