@@ -335,4 +335,27 @@ def test_grpo_samples_the_variants_of_all_correct_groups_and_a_resumed_run_keeps
     assert again["global_step"] == 3 and again["resumed_from"].endswith("checkpoint-2")
     assert again["variants"]["groups"] == saved["totals"]["groups"] + 2  # the saved counts, plus one more round
     with pytest.raises(ValueError, match="GRPO in one process"):
-        run_rl(dataclasses.replace(config, algo="rloo", scale_rewards=None, loss_type=None, output_dir=str(tmp_path / "r")))
+        run_rl(
+            dataclasses.replace(config, algo="rloo", scale_rewards=None, loss_type=None, output_dir=str(tmp_path / "r"))
+        )
+
+
+def test_the_colocated_engine_gets_room_for_the_longest_prompt_not_the_models_window(
+    tiny_model, prompts_file, tmp_path
+):
+    from looper_common.modeling import load_tokenizer
+    from trainer.rl import colocate_context, rl_training_args
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    prompts = ["short", "a much longer prompt " * 20]
+    base = dict(model=str(tiny_model), train_file=str(prompts_file), output_dir=str(tmp_path), max_completion_length=48)
+    longest = len(tokenizer(prompts[1], add_special_tokens=False)["input_ids"])
+
+    colocated = RLStageConfig(**base, use_vllm=True)
+    assert colocate_context(colocated, prompts, tokenizer) == longest + 48
+    assert (
+        colocate_context(RLStageConfig(**base, use_vllm=True, vllm_max_model_length=4096), prompts, tokenizer) == 4096
+    )
+    assert colocate_context(RLStageConfig(**base), prompts, tokenizer) is None  # plain generate: no engine to size
+    args = rl_training_args(colocated, str(tmp_path), vllm_max_model_length=longest + 48, report_to="none")
+    assert args.vllm_max_model_length == longest + 48 and args.use_vllm and args.vllm_mode == "colocate"

@@ -114,6 +114,12 @@ class RLStageConfig:
     variant_share: float = field(default=0.5, metadata=help_text("the most of a round's groups variants may take"))
     use_vllm: bool = field(default=False, metadata=help_text("generate with vLLM (TRL colocate mode on one GPU)"))
     vllm_gpu_memory_utilization: float = 0.3
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata=help_text("vLLM's context window in colocate mode; None: the longest training prompt plus "
+                           "max_completion_length (the model's own window, 131,072 tokens for the R1 distills, "
+                           "needs more KV cache than a colocated share holds)"),
+    )  # fmt: skip
     report_to: str = field(default="none", metadata=help_text("none, tensorboard or wandb"))
 
     def __post_init__(self):
@@ -423,12 +429,22 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
         use_vllm=config.use_vllm,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_max_model_length=config.vllm_max_model_length,
         mask_truncated_completions=config.mask_truncated_completions,
         epsilon_high=config.epsilon_high,
     )
     if config.algo == "grpo":
         fields.update(scale_rewards=config.scale_rewards, loss_type=config.loss_type)
     return AlgoConfig(**{**fields, **overrides})
+
+
+def colocate_context(config: RLStageConfig, prompts: list[str], tokenizer) -> int | None:
+    """The context window the colocated vLLM engine gets: the configured one, else room for the longest prompt
+    and a full completion (None where vLLM is not used)."""
+    if not config.use_vllm or config.vllm_max_model_length is not None:
+        return config.vllm_max_model_length
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    return longest + config.max_completion_length
 
 
 def prompt_item(record: dict, tokenizer) -> dict:
@@ -476,7 +492,12 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         sampler = DynamicSampler(read_variants(config.variants_file), config.variant_share,
                                  lambda row: prompt_item(row, tokenizer))  # fmt: skip
         AlgoTrainer = dynamic_sampling_trainer(AlgoTrainer, reward, sampler, config.num_generations)
-    args = rl_training_args(config, str(checkpoints))
+    prompts = [item["prompt"] for item in dataset]
+    if sampler is not None:
+        prompts += [prompt_item(row, tokenizer)["prompt"] for row in sampler.variants.values()]
+    args = rl_training_args(
+        config, str(checkpoints), vllm_max_model_length=colocate_context(config, prompts, tokenizer)
+    )
     guard = NonFiniteGuard(config.max_nonfinite_steps)
     kl_control = adaptive_kl_callback(config.target_kl, config.kl_horizon) if config.target_kl else None
     # the KL controller adds beta to the logs, so it runs before the metrics writer
