@@ -23,10 +23,12 @@ def load_policy(model_spec: str, base: str | None = None, quantization: str = "n
 
     source = resolve_source(model_spec, base)
     device_map = None
-    if quantization != "none" and torch.cuda.is_available():
+    if torch.cuda.is_available():
         from accelerate import PartialState
 
-        device_map = {"": PartialState().local_process_index}  # one whole quantised copy per process
+        # one whole copy per process, loaded straight onto its GPU: a quantised model must be, and a bf16 8B
+        # one otherwise goes through host memory first (16 GB, most of a minute)
+        device_map = {"": PartialState().local_process_index}
     model = load_model(model_spec, base=base, quantization=quantization, device_map=device_map)
     if source.kind == "adapter":
         if quantization != "none":
