@@ -77,7 +77,11 @@ class PipelineConfig:
         default="auto",
         metadata=help_text("every stage that generates: rollouts, eval, and GRPO (vllm: TRL's colocate mode)"),
     )
-    quantization: Literal["none", "4bit", "8bit"] = "none"
+    quantization: Literal["none", "4bit", "8bit"] = field(
+        default="none",
+        metadata=help_text("the SFT and DPO trainers' base (QLoRA); GRPO trains on bf16, since TRL's colocate "
+                           "sync pushes merged weights into vLLM, which a 4-bit base cannot give"),
+    )  # fmt: skip
     isolate: bool | None = field(
         default=None,
         metadata=help_text("run each GPU stage in a fresh process, so its engine starts with the GPU's memory free "
