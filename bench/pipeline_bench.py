@@ -182,6 +182,8 @@ def summarize(work: Path) -> dict:
         skipped = summary["skipped"]
     else:
         units, skipped = {m["unit"]: m["seconds"] for m in manifests}, []
+    # evals that ran in one engine: the first one's seconds hold the engine's start, the others' none
+    shared = {m["unit"]: m["shared_engine"] for m in manifests if m.get("shared_engine")}
     evals = {}
     for path in sorted((work / "eval").glob("*/*/summary.json")):
         s = json.loads(path.read_text())
@@ -197,7 +199,7 @@ def summarize(work: Path) -> dict:
     samples = list(read_rows(memory_file, kind="GPU memory samples")) if memory_file.is_file() else []
     peaks = peak_memory_gib(samples, unit_windows(manifests)) if samples else {}
     return {"finished": summary_file.is_file(), "units_s": units, "skipped": skipped, "evals": evals,
-            "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks,
+            "shared_engine": shared, "grpo": grpo_rounds(work), "peak_gpu_memory_gib": peaks,
             "generation_tok_s": generation_tok_s(work, evals)}  # fmt: skip
 
 
@@ -245,6 +247,8 @@ def figures_from(result: dict, command: str) -> list[dict]:
     if units.get("eval:platinum:base"):
         sft = units.get("eval:platinum:sft")
         served = "merged into its base" if lora else "through LoRA"
+        if "eval:platinum:sft" in result.get("shared_engine", {}):
+            served += ", in the engine the base's eval started"
         figures.append(
             {
                 "name": f"{prefix}platinum_eval_wall_s",

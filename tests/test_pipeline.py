@@ -53,6 +53,12 @@ def test_every_stage_runs_then_a_rerun_skips_and_a_change_reruns_only_what_follo
     assert (work / "rollouts" / "rollouts.jsonl").is_file() and (work / "prefs" / "pairs.jsonl").is_file()
     for model in ("base", "sft", "dpo", "rl"):
         assert (work / "eval" / "generated_eval" / model / "summary.json").is_file()
+    # the set's four evals ran as one call (one engine with vLLM), each with its own manifest and its own time
+    eval_manifests = [
+        json.loads((work / "eval" / "generated_eval" / m / MANIFEST).read_text()) for m in ("base", "sft", "dpo", "rl")
+    ]
+    assert all(m["shared_engine"] == evals and m["seconds"] > 0 for m in eval_manifests)
+    assert "window" not in json.loads((work / "eval" / "generated_eval" / "rl" / "summary.json").read_text())
     stamps = manifest_stamps(work)
     assert len(stamps) == len(units)
     dpo_manifest = json.loads((work / "dpo" / MANIFEST).read_text())
@@ -231,6 +237,8 @@ def test_the_pipeline_bench_reads_a_finished_run(format_model, tmp_path):
                          "--out", str(tmp_path / "r.json"), "--figures", str(figures)])  # fmt: skip
     assert set(result["units_s"]) >= {"data", "sft", "rl", "eval:generated_eval:base", "eval:generated_eval:rl"}
     assert result["evals"]["generated_eval:base"]["questions"] == 2
+    evals = [f"eval:generated_eval:{m}" for m in ("base", "sft", "dpo", "rl")]
+    assert result["shared_engine"] == {unit: evals for unit in evals}  # the HF engine merges; they ran as one call
     assert set(result["peak_gpu_memory_gib"]) == set(windows) and windows["sft"][0] < windows["sft"][1]
     assert max(result["peak_gpu_memory_gib"].values()) < 900  # the sample after every unit is nobody's
     assert result["peak_gpu_memory_gib"]["data"] >= 1.0

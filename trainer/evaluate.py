@@ -605,6 +605,9 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
     engine of its own, loaded in turn (the same as separate runs). vLLM with `merge_lora`: every model merged
     in an engine of its own, each in a fresh process (the GPU memory a vLLM engine held is not all given back
     in its process), whatever their bases.
+
+    Beyond what is written, each summary returned carries `window`: when its evaluation ran (unix seconds), the
+    first one's from the shared engine's start.
     """
     if merged_apart(configs):
         from looper_common.isolation import run_isolated
@@ -612,22 +615,44 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
         return [run_isolated(run_eval, c) for c in configs]
     plan = shared_engine_plan(configs)
     first = configs[0]
+    started = time.time()
+    summaries: list[dict | None] = [None] * len(configs)
+
+    def ran(i: int, summary: dict) -> None:
+        nonlocal started
+        summaries[i], summary["window"] = summary, [started, time.time()]
+        started = summary["window"][1]
+
     if resolve_engine_kind(first.engine) != "vllm":
-        return [run_eval(c) for c in configs]
+        for i, config in enumerate(configs):
+            ran(i, run_eval(config))
+        return summaries  # type: ignore[return-value]
     if first.vllm_batch_invariant:
         os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
     options = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("model", "engine", "base")}
     engine = make_engine("vllm", plan["base"], max_lora_rank=max(plan["ranks"].values(), default=None), **options)
     models = list(dict.fromkeys(c.model for c in configs))
     log.info("one vLLM engine on %s for %d model(s): %s", plan["base"], len(models), ", ".join(models))
-    summaries: list[dict | None] = [None] * len(configs)
     for i in sorted(range(len(configs)), key=lambda i: models.index(configs[i].model)):
         config = configs[i]
         view = engine.for_model(config.model, config.base)
         shared = {"base": plan["base"], "models": models, "max_lora_rank": engine.max_lora_rank,
                   "lora_adapter": view.lora is not None}  # fmt: skip
-        summaries[i] = run_eval(config, engine=view, shared_engine=shared)
+        ran(i, run_eval(config, engine=view, shared_engine=shared))
     return summaries  # type: ignore[return-value]
+
+
+def can_share_an_engine(configs: list[EvalConfig]) -> bool:
+    """Whether `eval_many` takes these models together: not merged apart, and one base (vLLM then serves them
+    all from one engine)."""
+    if merged_apart(configs):
+        return False
+    try:
+        shared_engine_plan(configs)
+    except ValueError as err:
+        log.info("evaluating each model in an engine of its own: %s", err)
+        return False
+    return True
 
 
 def split_model_spec(spec: str) -> tuple[str, str]:

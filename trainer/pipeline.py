@@ -4,7 +4,8 @@ Each stage writes under `work_dir/<stage>/` and, when it is done, a `stage_manif
 stage's resolved config, the hashes of its inputs (the upstream stages' hashes) and a hash of both.
 A rerun SKIPS a stage whose manifest hash matches and RERUNS it (from scratch) when the hash differs; a
 stage killed half-way (no manifest, a `stage_pending.json` with the same hash) continues from its own
-checkpoints / resumable output. Evals are one unit per (eval set, model): `work_dir/eval/<set>/<model>/`.
+checkpoints / resumable output. Evals are one unit per (eval set, model): `work_dir/eval/<set>/<model>/`;
+those of a set that run share one engine where they can (one base, LoRA adapters over it, not merged).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -180,6 +182,8 @@ class Unit:
     # what scores its generations (the service the pipeline starts): part of its hash, so another scorer or
     # answer reading reruns it
     scored_by: dict | None = None
+    # units with the same group that run together run as one call (the evals of one set: one engine)
+    group: str | None = None
 
 
 class Pipeline:
@@ -297,6 +301,7 @@ class Pipeline:
                         ["data", *upstream],
                         (lambda ev=ev: self.call(run_eval_stage, ev)),
                         [out / "summary.json"],
+                        group=f"eval:{set_name}",
                     )
                 )
                 evals.append((name, out))
@@ -394,6 +399,35 @@ class Pipeline:
 
     # ---- skipping, resuming, rerunning
     def run_unit(self, unit: Unit) -> None:
+        record = self.begin(unit)
+        if record is not None:
+            self.run_begun(unit, record)
+
+    def run_begun(self, unit: Unit, record: dict) -> None:
+        start = time.monotonic()
+        result = unit.run()
+        self.finish(unit, record, round(time.monotonic() - start, 2), result)
+
+    def run_together(self, units: list[Unit]) -> None:
+        """Evals of one set: those to run share one engine where they can (one engine start, not one per model;
+        at 8B a start is a minute), each still its own unit with its own hash, manifest and resume."""
+        from trainer.evaluate import can_share_an_engine
+
+        todo = [(unit, record) for unit in units if (record := self.begin(unit)) is not None]
+        if len(todo) < 2 or not can_share_an_engine([unit.config for unit, _ in todo]):
+            for unit, record in todo:
+                self.run_begun(unit, record)
+            return
+        names = [unit.name for unit, _ in todo]
+        log.info("%s: one engine for %s", todo[0][0].group, ", ".join(names))
+        summaries = self.call(run_eval_group, [unit.config for unit, _ in todo])
+        for (unit, record), summary in zip(todo, summaries, strict=True):
+            start, end = summary.pop("window")
+            self.finish(unit, record, round(end - start, 2), summary, finished=end, shared_engine=names)
+
+    def begin(self, unit: Unit) -> dict | None:
+        """Check a unit against its manifest: None where it is finished (skipped), else the record to finish it
+        with, its folder made ready (an interrupted run's kept to continue, anything else emptied)."""
         inputs = {name: self.hashes.get(name) for name in unit.inputs}
         missing = [name for name, h in inputs.items() if h is None]
         if missing:
@@ -409,7 +443,7 @@ class Pipeline:
                 self.hashes[unit.name] = h
                 self.summary["skipped"].append(unit.name)
                 self.summary["stages"][unit.name] = {"status": "skipped", "dir": str(unit.dir), "hash": h}
-                return
+                return None
             log.info("%s: config or inputs changed, rerunning from scratch", unit.name)
             shutil.rmtree(unit.dir)
         elif pending_path.is_file() and json.loads(pending_path.read_text()).get("hash") == h:
@@ -418,25 +452,26 @@ class Pipeline:
             shutil.rmtree(unit.dir)
         unit.dir.mkdir(parents=True, exist_ok=True)
         pending_path.write_text(json.dumps({"hash": h}) + "\n")
-        start = time.monotonic()
-        result = unit.run()
-        seconds = round(time.monotonic() - start, 2)
+        return {"hash": h, "config": resolved, "inputs": inputs, **scored_by}
+
+    def finish(self, unit: Unit, record: dict, seconds: float, result, finished: float | None = None,
+               **extra) -> None:  # fmt: skip
+        """Write a unit's manifest (`finished`: when it ended, unix seconds; now if not given)."""
         manifest = {
             "stage": unit.stage,
             "unit": unit.name,
-            "hash": h,
-            "config": resolved,
-            "inputs": inputs,
-            **scored_by,
+            **record,
             "outputs": [str(p) for p in unit.outputs],
             "seconds": seconds,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+            **extra,
         }
-        write_json(manifest_path, manifest, default=str)
-        pending_path.unlink(missing_ok=True)
-        self.hashes[unit.name] = h
+        write_json(unit.dir / MANIFEST, manifest, default=str)
+        (unit.dir / PENDING).unlink(missing_ok=True)
+        self.hashes[unit.name] = record["hash"]
         self.summary["ran"].append(unit.name)
-        self.summary["stages"][unit.name] = {"status": "ran", "dir": str(unit.dir), "hash": h, "seconds": seconds}
+        self.summary["stages"][unit.name] = {"status": "ran", "dir": str(unit.dir), "hash": record["hash"],
+                                             "seconds": seconds, **extra}  # fmt: skip
         if unit.stage == "compare":
             self.summary.setdefault("compare", {})[unit.name.split(":", 1)[1]] = result
 
@@ -452,11 +487,17 @@ class Pipeline:
             json.dumps(dataclasses.asdict(self.config), indent=2, default=str) + "\n"
         )
         with self._stack:
-            for unit in self.units():
-                if unit.stage in self.config.stages:
-                    self.run_unit(unit)
-                else:
-                    self.adopt(unit)
+            for _, grouped in itertools.groupby(self.units(), key=lambda unit: unit.group or unit.name):
+                chosen = []
+                for unit in grouped:
+                    if unit.stage in self.config.stages:
+                        chosen.append(unit)
+                    else:
+                        self.adopt(unit)
+                if len(chosen) > 1:
+                    self.run_together(chosen)
+                elif chosen:
+                    self.run_unit(chosen[0])
         reports = {}
         for unit_name, info in self.summary["stages"].items():
             if unit_name.startswith("compare:"):
@@ -484,6 +525,12 @@ def run_dpo_stage(config):
     from trainer.dpo import run_dpo
 
     return str(run_dpo(config))
+
+
+def run_eval_group(configs):
+    from trainer.evaluate import eval_many
+
+    return eval_many(configs)
 
 
 def run_eval_stage(config):
