@@ -89,6 +89,22 @@ def test_every_stage_runs_then_a_rerun_skips_and_a_change_reruns_only_what_follo
     assert changed == {f"dpo/{MANIFEST}", f"eval/generated_eval/dpo/{MANIFEST}", f"compare/generated_eval/{MANIFEST}"}
     assert json.loads((work / "dpo" / MANIFEST).read_text())["config"]["learning_rate"] == 2e-3
 
+    # killed while its evals ran as one call: two had answered every question, but the call never returned to
+    # write their manifests; the rerun continues both in one call, from their answers, and nothing else
+    killed = {m: work / "eval" / "generated_eval" / m for m in ("sft", "rl")}
+    answers = {}
+    for model, folder in killed.items():
+        manifest = json.loads((folder / MANIFEST).read_text())
+        (folder / PENDING).write_text(json.dumps({"hash": manifest["hash"]}) + "\n")
+        (folder / MANIFEST).unlink()
+        answers[model] = (folder / "predictions.jsonl").stat().st_mtime_ns
+    main([*args, "--set", "dpo.learning_rate=2e-3"])
+    after = json.loads((work / "pipeline_summary.json").read_text())
+    assert after["ran"] == ["eval:generated_eval:sft", "eval:generated_eval:rl"]  # compare: same inputs, skipped
+    for model, folder in killed.items():
+        assert (folder / "predictions.jsonl").stat().st_mtime_ns == answers[model] and not (folder / PENDING).exists()
+        assert json.loads((folder / MANIFEST).read_text())["shared_engine"] == after["ran"]
+
 
 def test_random_weights_get_labels_read_flexibly_and_the_reading_is_part_of_the_hash(tiny_model, tmp_path):
     """The 8B preset's stand-in at a tiny shape. Against gold, random weights get nothing right: no pair, and
