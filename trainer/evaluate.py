@@ -616,29 +616,29 @@ def eval_many(configs: list[EvalConfig]) -> list[dict]:
     plan = shared_engine_plan(configs)
     first = configs[0]
     started = time.time()
-    summaries: list[dict | None] = [None] * len(configs)
-
-    def ran(i: int, summary: dict) -> None:
-        nonlocal started
-        summaries[i], summary["window"] = summary, [started, time.time()]
-        started = summary["window"][1]
-
     if resolve_engine_kind(first.engine) != "vllm":
-        for i, config in enumerate(configs):
-            ran(i, run_eval(config))
-        return summaries  # type: ignore[return-value]
-    if first.vllm_batch_invariant:
-        os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
-    options = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("model", "engine", "base")}
-    engine = make_engine("vllm", plan["base"], max_lora_rank=max(plan["ranks"].values(), default=None), **options)
-    models = list(dict.fromkeys(c.model for c in configs))
-    log.info("one vLLM engine on %s for %d model(s): %s", plan["base"], len(models), ", ".join(models))
-    for i in sorted(range(len(configs)), key=lambda i: models.index(configs[i].model)):
-        config = configs[i]
-        view = engine.for_model(config.model, config.base)
-        shared = {"base": plan["base"], "models": models, "max_lora_rank": engine.max_lora_rank,
-                  "lora_adapter": view.lora is not None}  # fmt: skip
-        ran(i, run_eval(config, engine=view, shared_engine=shared))
+        order, evaluate = range(len(configs)), run_eval
+    else:
+        if first.vllm_batch_invariant:
+            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
+        options = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("model", "engine", "base")}
+        rank = max(plan["ranks"].values(), default=None)
+        engine = make_engine("vllm", plan["base"], max_lora_rank=rank, **options)
+        models = list(dict.fromkeys(c.model for c in configs))
+        log.info("one vLLM engine on %s for %d model(s): %s", plan["base"], len(models), ", ".join(models))
+        order = sorted(range(len(configs)), key=lambda i: models.index(configs[i].model))
+
+        def evaluate(config: EvalConfig) -> dict:
+            view = engine.for_model(config.model, config.base)
+            shared = {"base": plan["base"], "models": models, "max_lora_rank": engine.max_lora_rank,
+                      "lora_adapter": view.lora is not None}  # fmt: skip
+            return run_eval(config, engine=view, shared_engine=shared)
+
+    summaries: list[dict | None] = [None] * len(configs)
+    for i in order:
+        summaries[i] = evaluate(configs[i])
+        ended = time.time()
+        summaries[i]["window"], started = [started, ended], ended
     return summaries  # type: ignore[return-value]
 
 

@@ -411,7 +411,7 @@ class Pipeline:
     def run_together(self, units: list[Unit]) -> None:
         """Evals of one set: those to run share one engine where they can (one engine start, not one per model;
         at 8B a start is a minute), each still its own unit with its own hash, manifest and resume."""
-        from trainer.evaluate import can_share_an_engine
+        from trainer.evaluate import can_share_an_engine, eval_many
 
         todo = [(unit, record) for unit in units if (record := self.begin(unit)) is not None]
         if len(todo) < 2 or not can_share_an_engine([unit.config for unit, _ in todo]):
@@ -420,7 +420,7 @@ class Pipeline:
             return
         names = [unit.name for unit, _ in todo]
         log.info("%s: one engine for %s", todo[0][0].group, ", ".join(names))
-        summaries = self.call(run_eval_group, [unit.config for unit, _ in todo])
+        summaries = self.call(eval_many, [unit.config for unit, _ in todo])
         for (unit, record), summary in zip(todo, summaries, strict=True):
             start, end = summary.pop("window")
             self.finish(unit, record, round(end - start, 2), summary, finished=end, shared_engine=names)
@@ -525,12 +525,6 @@ def run_dpo_stage(config):
     from trainer.dpo import run_dpo
 
     return str(run_dpo(config))
-
-
-def run_eval_group(configs):
-    from trainer.evaluate import eval_many
-
-    return eval_many(configs)
 
 
 def run_eval_stage(config):
