@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -438,12 +440,12 @@ def rl_training_args(config: RLStageConfig, output_dir: str, **overrides):
     return AlgoConfig(**{**fields, **overrides})
 
 
-def colocate_context(config: RLStageConfig, prompts: list[str], tokenizer) -> int | None:
+def colocate_context(config: RLStageConfig, prompts: Iterable[str], tokenizer) -> int | None:
     """The context window the colocated vLLM engine gets: the configured one, else room for the longest prompt
-    and a full completion (None where vLLM is not used)."""
+    and a full completion (None where vLLM is not used). `prompts` is read only in that last case."""
     if not config.use_vllm or config.vllm_max_model_length is not None:
         return config.vllm_max_model_length
-    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    longest = max(len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
     return longest + config.max_completion_length
 
 
@@ -492,9 +494,10 @@ def run_rl(config: RLStageConfig, callbacks=()) -> Path:
         sampler = DynamicSampler(read_variants(config.variants_file), config.variant_share,
                                  lambda row: prompt_item(row, tokenizer))  # fmt: skip
         AlgoTrainer = dynamic_sampling_trainer(AlgoTrainer, reward, sampler, config.num_generations)
-    prompts = [item["prompt"] for item in dataset]
-    if sampler is not None:
-        prompts += [prompt_item(row, tokenizer)["prompt"] for row in sampler.variants.values()]
+    variants = sampler.variants.values() if sampler is not None else ()
+    prompts = itertools.chain(
+        (item["prompt"] for item in dataset), (sampler.to_item(row)["prompt"] for row in variants)
+    )
     args = rl_training_args(
         config, str(checkpoints), vllm_max_model_length=colocate_context(config, prompts, tokenizer)
     )
