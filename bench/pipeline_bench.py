@@ -203,6 +203,7 @@ def summarize(work: Path) -> dict:
             "generation_tok_s": generation_tok_s(work, evals)}  # fmt: skip
 
 
+GPU_SLOT = {"what": "a 30-minute GPU slot", "value": 1800}  # what a run's and a unit's seconds are held against
 HEADLINE_PRESET = "gpu-small"  # its Platinum eval and GRPO round are the project's headline figures, unprefixed
 
 
@@ -222,10 +223,10 @@ def figures_from(result: dict, command: str) -> list[dict]:
     figures = []
     if result["finished"]:
         figures.append({
-            "name": f"{result['preset'].replace('-', '_')}_pipeline_wall_s",
+            "name": f"{slug}_pipeline_wall_s",
             "value": result["wall_s"] or result["units_s_sum"],  # summarized: the units' own seconds
             "unit": "s",
-            "baseline": {"what": "a 30-minute GPU slot", "value": 1800},
+            "baseline": GPU_SLOT,
             "setting": {"units_s_sum": result["units_s_sum"]},
             **shared,
         })  # fmt: skip
@@ -236,7 +237,7 @@ def figures_from(result: dict, command: str) -> list[dict]:
             "name": f"{slug}_{unit.replace(':', '_')}_s",
             "value": seconds,
             "unit": "s",
-            "baseline": {"what": "a 30-minute GPU slot", "value": 1800},
+            "baseline": GPU_SLOT,
             "setting": {
                 "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib", {}).get(unit),
                 "generation_tok_s": result.get("generation_tok_s", {}).get(unit),
